@@ -1,0 +1,171 @@
+"""The CMPL objective (Eq. 1-6 and Appendix A of Xu et al., CVPR 2022) in pure PyTorch, Ray-free.
+
+Notation follows the paper: F is the primary network, A the auxiliary, p^F / p^A their softmax outputs on
+the weak view of an unlabeled clip, l_F / l_A the distributions each network is taught with. Teachers are
+always computed under stop-gradient (``detach``): a network is pulled towards its teacher's labels, never
+the teacher towards the student.
+
+BatchNorm: with ``bn_mode="concat"`` (default, as FixMatch) each network runs ONE forward over
+``cat([labeled, weak, strong])`` so all three views share the batch statistics of that step and the
+running statistics see the mixture the network is evaluated on. ``bn_mode="separate"`` runs one forward
+per view (statistics per view; the weak forward runs under ``no_grad``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
+
+
+def teacher_distributions(p_f: Tensor, p_a: Tensor, scheme: str, threshold: float) -> tuple[Tensor, Tensor]:
+    """Return (l_F, l_A): the class distributions that teach F and A (Appendix A).
+
+    p_f, p_a: (B, K) probabilities of F and A on the weak views, already detached.
+    cross: l_F = p^A, l_A = p^F (each network learns only from the other, Eq. 4-5).
+    self_first / opposite_first: own (resp. other's) prediction if confident, else the other one.
+    maximum: the more confident of the two for both (ties go to F). average: (p^F + p^A) / 2 for both.
+    """
+    conf_f = p_f.max(dim=1, keepdim=True).values >= threshold  # (B, 1)
+    conf_a = p_a.max(dim=1, keepdim=True).values >= threshold
+    if scheme == "cross":
+        return p_a, p_f
+    if scheme == "self_first":
+        return torch.where(conf_f, p_f, p_a), torch.where(conf_a, p_a, p_f)
+    if scheme == "opposite_first":
+        return torch.where(conf_a, p_a, p_f), torch.where(conf_f, p_f, p_a)
+    if scheme == "maximum":
+        f_wins = p_f.max(dim=1, keepdim=True).values >= p_a.max(dim=1, keepdim=True).values
+        best = torch.where(f_wins, p_f, p_a)
+        return best, best
+    if scheme == "average":
+        avg = (p_f + p_a) / 2
+        return avg, avg
+    raise ValueError(f"algo.scheme: must be one of {SCHEMES}, got {scheme!r}")
+
+
+def pseudo_label_loss(
+    logits_strong: Tensor, teacher: Tensor, threshold: float, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 1/4/5: masked cross-entropy of the strong view against the teacher's hard pseudo-label.
+
+    Returns (loss, mask, pseudo_label). The loss is averaged over ALL (valid) B_u clips, so a batch with
+    nothing above the threshold gives exactly 0 (not NaN), and the mask rate scales the signal as in the paper.
+    """
+    conf, target = teacher.max(dim=1)  # (B,), (B,)
+    mask = (conf >= threshold).float()
+    if valid is not None:
+        mask = mask * valid.float()
+    n = valid.float().sum().clamp(min=1.0) if valid is not None else torch.tensor(float(max(len(mask), 1)))
+    ce = F.cross_entropy(logits_strong.float(), target, reduction="none")  # (B,)
+    return (ce * mask).sum() / n.to(ce.device), mask, target
+
+
+def supervised_loss(logits: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Eq. 2/3: cross-entropy on labeled clips (invalid/skipped clips excluded)."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    if valid is None:
+        return ce.mean()
+    v = valid.float()
+    return (ce * v).sum() / v.sum().clamp(min=1.0)
+
+
+def _forward_views(net: nn.Module, views: list[Tensor], bn_mode: str) -> list[Tensor]:
+    """Logits of each view. views = [labeled, weak, strong] (weak may be absent). weak comes back detached."""
+    if bn_mode == "concat":
+        sizes = [v.shape[0] for v in views]
+        out = net(torch.cat(views, dim=0))  # (sum B, K)
+        parts = list(torch.split(out, sizes, dim=0))
+    elif bn_mode == "separate":
+        parts = []
+        for i, v in enumerate(views):
+            if len(views) == 3 and i == 1:
+                with torch.no_grad():
+                    parts.append(net(v))
+            else:
+                parts.append(net(v))
+    else:
+        raise ValueError(f"algo.bn_mode: must be concat or separate, got {bn_mode!r}")
+    if len(parts) == 3:
+        parts[1] = parts[1].detach()  # stop-gradient on the teacher view
+    return parts
+
+
+def _pl_stats(prefix: str, mask: Tensor, target: Tensor, y_u: Tensor | None, valid: Tensor | None) -> dict[str, Tensor]:
+    n = valid.float().sum().clamp(min=1.0) if valid is not None else torch.tensor(float(len(mask)), device=mask.device)
+    stats = {f"mask_rate_{prefix}": mask.sum() / n}
+    if y_u is not None:
+        correct = (target == y_u).float() * mask
+        stats[f"pl_acc_{prefix}"] = correct.sum() / mask.sum().clamp(min=1.0)  # precision of kept labels
+        stats[f"pl_correct_ratio_{prefix}"] = correct.sum() / n  # Fig. 2: correct pseudo-labels / all clips
+    return stats
+
+
+def compute_objective(
+    primary: nn.Module,
+    aux: nn.Module | None,
+    batch: Mapping[str, Tensor],
+    *,
+    algo: str = "cmpl",
+    scheme: str = "cross",
+    threshold: float = 0.9,
+    lambda_u: float = 1.0,
+    aux_supervised: bool = True,
+    aux_unsupervised: bool = True,
+    bn_mode: str = "concat",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Full training objective for one step and its statistics (detached tensors).
+
+    batch keys (float, normalised, (B, C, T, H, W)):
+      ``l_p``, ``l_a``: labeled clip, standard view, at the primary's / auxiliary's frame rate; ``y_l`` labels.
+      ``u_weak_p``, ``u_strong_p``, ``u_weak_a``, ``u_strong_a``: unlabeled views; optional ``y_u`` true
+      labels (benchmark setting, statistics only); optional ``l_valid`` / ``u_valid`` bool masks of clips
+      that decoded (skipped samples keep the batch shape but do not count).
+    algo: supervised -> L_s^F; fixmatch -> L_s^F + lambda L_u^F (F teaches itself, Eq. 1);
+      cmpl -> (L_s^F + L_s^A) + lambda (L_u^F + L_u^A) (Eq. 6), teachers from ``scheme``.
+    """
+    l_valid, u_valid = batch.get("l_valid"), batch.get("u_valid")
+    y_u = batch.get("y_u")
+    stats: dict[str, Tensor] = {}
+    if algo == "supervised":
+        logits = primary(batch["l_p"])
+        loss_s_f = supervised_loss(logits, batch["y_l"], l_valid)
+        stats["loss_s_f"] = loss_s_f.detach()
+        stats["loss"] = loss_s_f.detach()
+        return loss_s_f, stats
+
+    lo_l_f, lo_w_f, lo_s_f = _forward_views(primary, [batch["l_p"], batch["u_weak_p"], batch["u_strong_p"]], bn_mode)
+    loss_s_f = supervised_loss(lo_l_f, batch["y_l"], l_valid)
+    p_f = torch.softmax(lo_w_f.float(), dim=1)
+    if algo == "fixmatch":
+        loss_u_f, mask_f, target_f = pseudo_label_loss(lo_s_f, p_f, threshold, u_valid)
+        loss = loss_s_f + lambda_u * loss_u_f
+        stats.update(loss_s_f=loss_s_f.detach(), loss_u_f=loss_u_f.detach(), loss=loss.detach())
+        stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid))
+        return loss, stats
+    if algo != "cmpl":
+        raise ValueError(f"algo.name: must be supervised, fixmatch or cmpl, got {algo!r}")
+    if aux is None:
+        raise ValueError("algo.name=cmpl needs an auxiliary network")
+
+    lo_l_a, lo_w_a, lo_s_a = _forward_views(aux, [batch["l_a"], batch["u_weak_a"], batch["u_strong_a"]], bn_mode)
+    loss_s_a = supervised_loss(lo_l_a, batch["y_l"], l_valid)
+    p_a = torch.softmax(lo_w_a.float(), dim=1)
+    l_f, l_a = teacher_distributions(p_f, p_a, scheme, threshold)
+    loss_u_f, mask_f, target_f = pseudo_label_loss(lo_s_f, l_f, threshold, u_valid)
+    loss_u_a, mask_a, target_a = pseudo_label_loss(lo_s_a, l_a, threshold, u_valid)
+    sup = loss_s_f + (loss_s_a if aux_supervised else 0.0 * loss_s_a)
+    unsup = loss_u_f + (loss_u_a if aux_unsupervised else 0.0 * loss_u_a)
+    # 0 * term keeps every parameter in the graph, so DDP needs no find_unused_parameters for Table 6 runs
+    loss = sup + lambda_u * unsup
+    stats.update(
+        loss_s_f=loss_s_f.detach(), loss_s_a=loss_s_a.detach(), loss_u_f=loss_u_f.detach(),
+        loss_u_a=loss_u_a.detach(), loss=loss.detach(),
+    )
+    stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid))
+    stats.update(_pl_stats("a", mask_a, target_a, y_u, u_valid))
+    return loss, stats

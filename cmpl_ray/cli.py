@@ -1,0 +1,187 @@
+"""The ``cmpl-ray`` command: one sub-command per user task; each parses flags and calls library code.
+
+Errors a user can fix (bad config value, missing list, unreadable checkpoint) print one line naming the
+problem and exit with status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .config import ConfigError, load_config, preset_names, save_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help=f"config preset: {', '.join(preset_names())}")
+    p.add_argument("--config", default=None, help="YAML file with config sections (applied after the preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set algo.threshold=0.95 (repeatable)")
+
+
+def _config(args):
+    if not args.preset and not args.config:
+        raise ConfigError("--preset or --config is required")
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def cmd_config(args) -> int:
+    cfg = _config(args)
+    if args.out:
+        save_config(cfg, args.out)
+        print(f"wrote {args.out}")
+    else:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train.launch import run_training
+
+    cfg = _config(args)
+    if args.resume:
+        cfg.run.resume = args.resume
+    run_training(cfg)
+    return 0
+
+
+def cmd_step(args) -> int:
+    """One CMPL step on random clips: a smoke test of models + objective without data or Ray."""
+    import torch
+
+    from .algorithm import compute_objective
+    from .train.worker import build_networks, make_optimizer
+
+    cfg = _config(args)
+    torch.manual_seed(cfg.train.seed)
+    k = cfg.model.num_classes or 10
+    primary, aux = build_networks(cfg, k)
+    opt = make_optimizer(cfg, primary, aux)
+    d, b_l = cfg.data, cfg.train.batch_labeled
+    b_u = b_l * cfg.algo.unlabeled_ratio
+    tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size
+    batch = {"l_p": torch.randn(b_l, 3, tp, s, s), "l_a": torch.randn(b_l, 3, ta, s, s),
+             "y_l": torch.randint(0, k, (b_l,)), "y_u": torch.randint(0, k, (b_u,))}
+    for v in ("weak", "strong"):
+        batch[f"u_{v}_p"], batch[f"u_{v}_a"] = torch.randn(b_u, 3, tp, s, s), torch.randn(b_u, 3, ta, s, s)
+    t0 = time.perf_counter()
+    loss, stats = compute_objective(primary, aux, batch, algo=cfg.algo.name, scheme=cfg.algo.scheme,
+                                    threshold=cfg.algo.threshold, lambda_u=cfg.algo.lambda_u)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    stats = {k2: round(float(v), 4) for k2, v in stats.items()}
+    print(json.dumps({"algo": cfg.algo.name, "seconds": round(time.perf_counter() - t0, 3), **stats}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Synthetic set -> labeled split -> CMPL training on a local Ray -> MLflow."""
+    from .data.lists import read_list, split_labeled, write_list
+    from .data.synth import make_synthetic_dataset
+    from .train.launch import run_training
+
+    root = args.root
+    if not os.path.exists(os.path.join(root, "train.txt")):
+        t0 = time.perf_counter()
+        make_synthetic_dataset(root, num_classes=args.classes, per_class=args.per_class, seed=args.seed)
+        print(f"[cmpl-ray] synthetic set written to {root} in {time.perf_counter() - t0:.1f} s", flush=True)
+    labeled, unlabeled = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=args.labels_per_class,
+                                       seed=args.seed)
+    split_dir = os.path.join(root, "splits")
+    write_list(os.path.join(split_dir, "labeled.txt"), labeled)
+    write_list(os.path.join(split_dir, "unlabeled.txt"), unlabeled)
+    overrides = [f"data.root={root}", f"data.labeled_list={split_dir}/labeled.txt",
+                 f"data.unlabeled_list={split_dir}/unlabeled.txt", f"data.val_list={root}/val.txt",
+                 f"data.classes_file={root}/classes.txt"] + args.overrides
+    cfg = load_config("demo", None, overrides)
+    run_training(cfg)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train.inference import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, args.list, root=args.root)
+    print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=1))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .train.inference import predict
+
+    for r in predict(args.checkpoint, args.videos, topk=args.topk):
+        if "error" in r:
+            print(f"{r['video']}: cannot decode ({r['error']})")
+            continue
+        print(r["video"])
+        for name, p in r["top"]:
+            print(f"  {p:6.3f}  {name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import commands as data_commands
+
+    parser = argparse.ArgumentParser(prog="cmpl-ray", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthetic videos -> CMPL training on a local Ray -> MLflow (the quick start)")
+    p.add_argument("--root", default="demo_data", help="where the synthetic set is written (reused if present)")
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--per-class", type=int, default=24, help="training videos per class (plus validation)")
+    p.add_argument("--labels-per-class", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train with Ray Train (supervised | fixmatch | cmpl)")
+    _add_config_args(p)
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="warm-start from a checkpoint directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a list file (multi-clip x multi-crop)")
+    p.add_argument("checkpoint")
+    p.add_argument("--list", required=True)
+    p.add_argument("--root", default=None, help="dataset root (default: the one in the checkpoint's config)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 classes of video files with a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("step", help="run one training step on random clips (smoke test, no data, no Ray)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("config", help="print (or --out FILE) the resolved config of a preset + overrides")
+    _add_config_args(p)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_config)
+
+    data_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"cmpl-ray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # known user-facing failures from deeper layers
+        from .train.checkpoint import CheckpointError
+
+        if isinstance(e, CheckpointError):
+            print(f"cmpl-ray {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise

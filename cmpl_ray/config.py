@@ -1,0 +1,446 @@
+"""Typed configuration: dataclass sections, YAML presets, ``--set a.b=value`` overrides.
+
+Every field has a docstring (the string literal under it) and is validated in ``__post_init__`` so a bad
+value is refused when the config is loaded, naming the key and the allowed range, never mid-training.
+Key names such as ``data.root`` or ``algo.threshold`` are a public contract used by presets, search spaces,
+MLflow params and the docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+ARCHS = ("tiny", "r10", "r18", "r34", "r50")
+ALGOS = ("supervised", "fixmatch", "cmpl")
+SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
+
+
+class ConfigError(ValueError):
+    """A config value or key was refused; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _channels_ok(width: float, base: int = 64) -> bool:
+    # the narrowest stage of any arch has `base` channels before the multiplier (tiny: 16)
+    return width > 0 and round(base * width) >= 1
+
+
+@dataclass
+class ModelConfig:
+    primary_arch: str = "r50"
+    """Primary backbone F: one of tiny, r10, r18, r34, r50 (3D-ResNet of the paper's Table A4)."""
+    primary_width: float = 1.0
+    """Channel width multiplier of the primary (1.0 = standard)."""
+    aux_arch: str = "r50"
+    """Auxiliary network A (paper default: r50 at width 1/4); "same" = the primary's arch and width with
+    separate weights (Table 3, row 3)."""
+    aux_width: float = 0.25
+    """Channel width multiplier of the auxiliary (Table 3: 1/2, 1/4, 1/8)."""
+    dropout: float = 0.5
+    """Dropout before the linear classifier of both networks."""
+    num_classes: int = 0
+    """Number of classes; 0 = read from the classes.txt beside the labeled list."""
+
+    def __post_init__(self) -> None:
+        _check(self.primary_arch in ARCHS, "model.primary_arch", f"must be one of {ARCHS}, got {self.primary_arch!r}")
+        _check(self.aux_arch in ARCHS + ("same",), "model.aux_arch",
+               f"must be one of {ARCHS + ('same',)}, got {self.aux_arch!r}")
+        for key in ("primary_width", "aux_width"):
+            base = 16 if getattr(self, key.replace("width", "arch")) == "tiny" else 64
+            _check(_channels_ok(getattr(self, key), base), f"model.{key}",
+                   f"must be > 0 and give at least one channel ({base} x width >= 0.5), got {getattr(self, key)}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from classes.txt), got {self.num_classes}")
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    """Dataset root; list paths are relative to it. Local path or pyarrow URI (s3://, gs://)."""
+    labeled_list: str = ""
+    """List file (`relative/path label` per line) of labeled training videos."""
+    unlabeled_list: str = ""
+    """List file of unlabeled training videos (labels, when present, are only used for statistics)."""
+    val_list: str = ""
+    """List file of validation videos."""
+    classes_file: str = ""
+    """classes.txt mapping ids to names; empty = classes.txt beside the labeled list."""
+    raw_clip_len: int = 64
+    """Consecutive raw frames per training clip window (paper: 64)."""
+    primary_stride: int = 8
+    """Primary sampling stride s: it sees raw_clip_len / s frames (paper 8x8)."""
+    aux_stride: int = 4
+    """Auxiliary sampling stride (paper 16x4: a faster frame rate than the primary)."""
+    time_offset: float = 10.0
+    """t_s in seconds: max shift between the primary's and the auxiliary's windows (Table 5)."""
+    crop_size: int = 224
+    """Training/eval crop size in pixels."""
+    train_short_side: list[int] = field(default_factory=lambda: [256, 320])
+    """Scale jitter range [min, max] of the short side for the standard (labeled) augmentation."""
+    test_short_side: int = 256
+    """Short side the decoder resizes to for evaluation (paper: 256)."""
+    weak_flip: bool = False
+    """Random horizontal flip in the weak (teacher) view; the paper uses a centre crop only."""
+    randaug_n: int = 2
+    """RandAugment: number of ops per clip in the strong view."""
+    randaug_m: int = 10
+    """RandAugment magnitude in [0, 30] (FixMatch-style strong view)."""
+    cutout: float = 0.5
+    """Cutout square side as a fraction of the crop (0 disables)."""
+    eval_clips: int = 10
+    """Uniformly spaced temporal clips per validation video (paper: 10)."""
+    eval_crops: int = 3
+    """Spatial crops per clip at evaluation (paper: 3)."""
+    decode_actors: int = 2
+    """Size of the Ray Data actor pool that decodes and augments."""
+    decode_batch: int = 4
+    """Videos per Ray Data map_batches call."""
+    decode_timeout_s: float = 30.0
+    """A video whose decode takes longer is skipped and counted."""
+    cpus_per_decoder: float = 1.0
+    """CPUs reserved by each decode actor."""
+
+    def __post_init__(self) -> None:
+        _check(self.raw_clip_len >= 1, "data.raw_clip_len", f"must be >= 1, got {self.raw_clip_len}")
+        for key in ("primary_stride", "aux_stride"):
+            s = getattr(self, key)
+            _check(isinstance(s, int) and s >= 1 and self.raw_clip_len % s == 0, f"data.{key}",
+                   f"must be a positive divisor of data.raw_clip_len={self.raw_clip_len}, got {s}")
+        _check(self.time_offset >= 0, "data.time_offset", f"must be >= 0 seconds, got {self.time_offset}")
+        _check(self.crop_size >= 8, "data.crop_size", f"must be >= 8, got {self.crop_size}")
+        ss = self.train_short_side
+        _check(isinstance(ss, list) and len(ss) == 2 and ss[0] <= ss[1] and ss[0] >= self.crop_size,
+               "data.train_short_side", f"must be [min, max] with crop_size <= min <= max, got {ss}")
+        _check(self.test_short_side >= self.crop_size, "data.test_short_side",
+               f"must be >= data.crop_size={self.crop_size}, got {self.test_short_side}")
+        _check(0 <= self.randaug_n <= 14, "data.randaug_n", f"must be in [0, 14], got {self.randaug_n}")
+        _check(0 <= self.randaug_m <= 30, "data.randaug_m", f"must be in [0, 30], got {self.randaug_m}")
+        _check(0.0 <= self.cutout < 1.0, "data.cutout", f"must be in [0, 1), got {self.cutout}")
+        _check(self.eval_clips >= 1, "data.eval_clips", f"must be >= 1, got {self.eval_clips}")
+        _check(self.eval_crops in (1, 3), "data.eval_crops", f"must be 1 or 3, got {self.eval_crops}")
+        _check(self.decode_actors >= 1, "data.decode_actors", f"must be >= 1, got {self.decode_actors}")
+        _check(self.decode_batch >= 1, "data.decode_batch", f"must be >= 1, got {self.decode_batch}")
+        _check(self.decode_timeout_s > 0, "data.decode_timeout_s", f"must be > 0, got {self.decode_timeout_s}")
+        _check(self.cpus_per_decoder > 0, "data.cpus_per_decoder", f"must be > 0, got {self.cpus_per_decoder}")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "cmpl"
+    """supervised (primary, labels only) | fixmatch (primary, Eq. 1) | cmpl (both networks, Eq. 6)."""
+    scheme: str = "cross"
+    """Pseudo-label scheme (Appendix A): cross | self_first | opposite_first | maximum | average."""
+    threshold: float = 0.9
+    """Confidence threshold tau in (0, 1] for keeping a pseudo-label."""
+    lambda_u: float = 5.0
+    """Weight lambda of the unsupervised losses (paper: 5 for 1%, 2 for 10% labels)."""
+    unlabeled_ratio: int = 5
+    """B_u / B_l: unlabeled clips per labeled clip in each step (paper: 10/2 = 5)."""
+    aux_supervised: bool = True
+    """Keep L_s^A, the auxiliary's supervised loss (Table 6)."""
+    aux_unsupervised: bool = True
+    """Keep L_u^A, the auxiliary's loss on the primary's pseudo-labels (Table 6)."""
+    unsup_warmup_epochs: float = 0.0
+    """Linear ramp of lambda from 0 over this many epochs: pseudo-labels of an untrained net are noise."""
+    bn_mode: str = "concat"
+    """BatchNorm statistics: concat = one forward per network over labeled+weak+strong clips (shared
+    batch statistics, FixMatch's choice); separate = one forward per view."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in ALGOS, "algo.name", f"must be one of {ALGOS}, got {self.name!r}")
+        _check(self.scheme in SCHEMES, "algo.scheme", f"must be one of {SCHEMES}, got {self.scheme!r}")
+        _check(0.0 < self.threshold <= 1.0, "algo.threshold", f"must be in (0, 1], got {self.threshold}")
+        _check(self.lambda_u >= 0.0, "algo.lambda_u", f"must be >= 0, got {self.lambda_u}")
+        _check(isinstance(self.unlabeled_ratio, int) and self.unlabeled_ratio >= 1, "algo.unlabeled_ratio",
+               f"must be a positive int, got {self.unlabeled_ratio}")
+        _check(self.unsup_warmup_epochs >= 0, "algo.unsup_warmup_epochs", f"must be >= 0, got {self.unsup_warmup_epochs}")
+        _check(self.bn_mode in ("concat", "separate"), "algo.bn_mode", f"must be concat or separate, got {self.bn_mode!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    """Peak learning rate for the whole job's batch (paper: 0.1 for 16 GPUs x (2+10) clips)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 1e-4
+    """SGD weight decay (paper: 1e-4 Kinetics, 1e-3 UCF-101)."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    warmup_epochs: float = 0.0
+    """Linear learning-rate warm-up before the cosine decay."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    """Training epochs (one epoch = one pass over the unlabeled set, or steps_per_epoch steps)."""
+    batch_labeled: int = 2
+    """B_l: labeled clips per worker per step (B_u = algo.unlabeled_ratio x B_l)."""
+    steps_per_epoch: int = 0
+    """Steps per epoch; 0 = len(unlabeled) // (B_u x workers); for supervised, len(labeled)."""
+    num_workers: int = 1
+    """Ray Train workers (one per GPU on a cluster)."""
+    use_gpu: bool = False
+    """Give each worker a GPU (NCCL backend); CPU workers use gloo."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved by each training worker; leave the rest to Ray Data decoding."""
+    amp: str = "none"
+    """Mixed precision on GPU: none | bf16 | fp16 (fp16 uses a GradScaler)."""
+    channels_last: bool = True
+    """Use channels_last_3d memory format on GPU."""
+    seed: int = 0
+    """Global seed: weights, sampling and augmentation are reproducible for a seed."""
+    eval_every: int = 1
+    """Evaluate every N epochs (and always at the end)."""
+    log_every: int = 10
+    """Print progress and log step metrics every N steps."""
+    max_bad_steps: int = 5
+    """Stop with an error after this many consecutive non-finite losses (each is skipped)."""
+    threads_per_worker: int = 0
+    """torch intra-op threads per worker on CPU (0 = cpus_per_worker)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_labeled >= 1, "train.batch_labeled", f"must be >= 1, got {self.batch_labeled}")
+        _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
+        _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        _check(self.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.amp!r}")
+        _check(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
+        _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
+        _check(self.threads_per_worker >= 0, "train.threads_per_worker", f"must be >= 0, got {self.threads_per_worker}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "cmpl"
+    """Run name: re-running with the same name and storage_path resumes from its latest checkpoint."""
+    output_dir: str = "outputs/cmpl"
+    """Local directory for metrics.json, per-class CSVs and plots."""
+    storage_path: str = ""
+    """Ray Train storage for checkpoints (local dir or s3://, gs://; shared storage on a cluster);
+    empty = <output_dir>/../ray_results absolute path."""
+    keep_checkpoints: int = 2
+    """Best-k checkpoints kept by validation top-1 (the latest is always kept too)."""
+    max_failures: int = 2
+    """Worker failures Ray Train recovers from (restart from the latest checkpoint)."""
+    resume: str = ""
+    """Warm-start from this checkpoint directory (weights, optimizer, epoch) in a new run."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "run.name", f"must be a non-empty name without '/', got {self.name!r}")
+        _check(bool(self.output_dir), "run.output_dir", "must not be empty")
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        _check(self.max_failures >= -1, "run.max_failures", f"must be >= -1 (-1 = infinite), got {self.max_failures}")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log to MLflow (rank 0 only)."""
+    uri: str = ""
+    """Tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working directory."""
+    experiment: str = "cmpl-ray"
+    """MLflow experiment name."""
+    log_checkpoint: bool = True
+    """Upload the best checkpoint as an MLflow artifact at the end."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "tracking.experiment", "must not be empty")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"algo.threshold": 0.9, ...}`: MLflow params, Tune spaces and reports use these keys."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def aux_spec(self) -> tuple[str, float]:
+        """(arch, width) of the auxiliary network, resolving aux_arch='same'."""
+        if self.model.aux_arch == "same":
+            return self.model.primary_arch, self.model.primary_width
+        return self.model.aux_arch, self.model.aux_width
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.algo.name == "cmpl"
+
+
+SECTIONS: dict[str, type] = {f.name: get_type_hints(Config)[f.name] for f in fields(Config)}
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert YAML/CLI values to the field's type; refuse what does not fit, naming the key."""
+    tname = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if tname == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
+    if tname == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an int, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        raise ConfigError(f"{key}: expected an int, got {value!r}")
+    if tname == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tname == "str":
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if str(tname).startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a list of ints like [256, 320], got {value!r}")
+        return list(value)
+    raise ConfigError(f"{key}: unsupported type {tname}")  # pragma: no cover
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested dicts; unknown sections/keys are refused with a suggestion."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(d).__name__}")
+    sections = {}
+    for sname, sval in d.items():
+        if sname not in SECTIONS:
+            raise ConfigError(f"{sname}: unknown config section{_suggest(str(sname), SECTIONS)}; sections: {sorted(SECTIONS)}")
+        if sval is None:
+            sval = {}
+        if not isinstance(sval, dict):
+            raise ConfigError(f"{sname}: expected a mapping of keys, got {sval!r}")
+        cls = SECTIONS[sname]
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for k, v in sval.items():
+            key = f"{sname}.{k}"
+            if k not in hints:
+                raise ConfigError(f"{key}: unknown key{_suggest(str(k), hints)}; valid keys: {sorted(hints)}")
+            kwargs[k] = _coerce(key, v, getattr(hints[k], "__name__", str(hints[k])))
+        sections[sname] = cls(**kwargs)
+    return Config(**sections)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value with YAML rules: 3 -> int, 0.5 -> float, true -> bool, [1, 2] -> list."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # 1e-4, which YAML 1.1 leaves as a string
+        except ValueError:
+            pass
+    return value
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings to a nested dict (validation happens in :func:`from_dict`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: override must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"{key}: override key must be section.key (e.g. algo.threshold)")
+        d.setdefault(parts[0], {})
+        if not isinstance(d[parts[0]], dict):
+            d[parts[0]] = {}
+        d[parts[0]][parts[1]] = parse_value(text.strip())
+    return d
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("cmpl_ray.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    return d
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"preset {name!r} not found{_suggest(name, preset_names())}; presets: {preset_names()}")
+    d = yaml.safe_load(resources.files("cmpl_ray.presets").joinpath(f"{name}.yaml").read_text()) or {}
+    d.pop("description", None)
+    return d
+
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Preset (or YAML file) + ``--set`` overrides -> validated Config."""
+    d: dict[str, Any] = {}
+    if preset:
+        d = preset_dict(preset)
+    if path:
+        extra = read_yaml(path)
+        extra.pop("description", None)
+        for s, v in extra.items():
+            if isinstance(v, dict) and isinstance(d.get(s), dict):
+                d[s].update(v)
+            else:
+                d[s] = v
+    return from_dict(apply_overrides(d, list(overrides or [])))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -1,0 +1,277 @@
+"""Clip decoding with decord: robust to bad files, resized in the decoder, uint8 out.
+
+Why it looks like this:
+
+* decord decodes a *set* of frame indices in one ``get_batch`` call and can
+  resize in the decoder (``width=/height=``, cheap: the scaler runs on frames it
+  decodes anyway).  The primary (8x8) and auxiliary (16x4) windows of a CMPL
+  sample usually overlap, so we decode the sorted *unique* indices once and
+  gather.
+* Real datasets contain bad files.  Missing and zero-byte files are rejected
+  *before* decord is called (cheap, and decord's messages are unhelpful).
+  Corrupt files raise at ``VideoReader`` construction (upstream decord #162);
+  some files hang forever (upstream #363), so decoding runs in a worker thread
+  and we wait with ``future.result(timeout=...)``.  **Limitation:** a hung C
+  call cannot be interrupted from Python; on timeout the (daemon) thread is
+  abandoned and keeps its CPU/memory until the call returns or the process
+  exits.  Callers (Ray Data actors) should count timeouts and recycle the
+  worker process if they pile up.
+* decord's frame count comes from the container and can over-report; a read
+  that fails near the tail is retried with indices clamped a little earlier.
+* All failures surface as :class:`BadVideo` with a machine-readable ``reason``
+  so the data pipeline can skip and count them instead of crashing a run.
+
+Source dimensions (needed to compute an aspect-preserving decoder resize; decord
+has no API for them) are read from the container header with PyAV (~1 ms),
+unless the caller already knows them (``src_hw``, e.g. from :func:`probe` at
+indexing time).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import os
+import threading
+from typing import Callable, TypeVar, Union
+
+import numpy as np
+
+import decord
+
+decord.bridge.set_bridge("native")  # return decord NDArray -> .asnumpy(); no torch bridge surprises
+
+__all__ = ["BadVideo", "REASONS", "Source", "probe", "read_frames", "target_size"]
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+#: Reasons a sample can be rejected.  "bad_label" is raised by the dataset layer, not here.
+REASONS = ("missing", "empty", "undecodable", "timeout", "bad_label")
+
+# How far below decord's reported frame count we retry when the tail cannot be read.
+_TAIL_SHRINK = (1, 2, 4, 8, 16, 32)
+
+T = TypeVar("T")
+
+
+class BadVideo(Exception):
+    """A video that cannot be used; ``reason`` is one of :data:`REASONS`.
+
+    Arguments are passed to ``Exception.__init__`` so the error pickles across
+    Ray process boundaries.  (Videos that are merely short are looped by the
+    sampler, not rejected.)
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown BadVideo reason {reason!r}; expected one of {REASONS}")
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+def _describe(src: Source) -> str:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    return os.fspath(src)
+
+
+def _check_source(src: Source) -> None:
+    """Reject missing / zero-byte inputs without touching decord."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise BadVideo("empty", "zero-byte input")
+        return
+    if not isinstance(src, (str, os.PathLike)):
+        raise TypeError(f"src must be a path or bytes, got {type(src).__name__}")
+    path = os.fspath(src)
+    if not os.path.isfile(path):
+        raise BadVideo("missing", path)
+    if os.path.getsize(path) == 0:
+        raise BadVideo("empty", path)
+
+
+def _file_like(src: Source) -> Union[str, io.BytesIO]:
+    """decord takes a path or any object with ``.read()`` (it copies the bytes)."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return io.BytesIO(src)
+    return os.fspath(src)
+
+
+def _run_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
+    """Run ``fn`` in a daemon thread and wait at most ``timeout_s`` seconds.
+
+    A daemon thread (not a ``ThreadPoolExecutor``) so an abandoned hung decode
+    never blocks interpreter exit and never starves a shared pool.
+    ``timeout_s`` None or <= 0 runs inline.
+    """
+    if timeout_s is None or timeout_s <= 0:
+        return fn()
+    fut: cf.Future = cf.Future()
+
+    def work() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            fut.set_exception(exc)
+
+    threading.Thread(target=work, name="cmpl-decode", daemon=True).start()
+    try:
+        return fut.result(timeout=timeout_s)
+    except cf.TimeoutError:
+        raise BadVideo("timeout", f"no result after {timeout_s:.1f}s") from None
+
+
+def _header_hw(src: Source) -> tuple[int, int]:
+    """(height, width) of the first video stream from the container header (PyAV)."""
+    import av  # local: only needed when the caller does not pass src_hw
+
+    with av.open(_file_like(src)) as container:
+        if not container.streams.video:
+            raise BadVideo("undecodable", "no video stream")
+        cc = container.streams.video[0].codec_context
+        if cc.height <= 0 or cc.width <= 0:
+            raise BadVideo("undecodable", "video stream without dimensions")
+        return int(cc.height), int(cc.width)
+
+
+def _open(src: Source, width: int, height: int, num_threads: int) -> "decord.VideoReader":
+    """Construct a VideoReader; construction errors mean a corrupt file (decord #162)."""
+    try:
+        return decord.VideoReader(_file_like(src), ctx=decord.cpu(0), width=width, height=height,
+                                  num_threads=num_threads)
+    except AssertionError as exc:  # decord asserts frame count > 0
+        raise BadVideo("empty", f"no frames: {exc}") from None
+    except Exception as exc:  # DECORDError / RuntimeError("Error reading ...")
+        raise BadVideo("undecodable", f"{type(exc).__name__}: {exc}") from None
+
+
+def target_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """Decoder output (height, width) with the short side == ``short_side``, aspect kept.
+
+    Returns (-1, -1) (decord's "unchanged") when no resize is needed.
+    """
+    if short_side is None or short_side <= 0 or min(height, width) == short_side:
+        return -1, -1
+    if height <= width:
+        return short_side, max(1, int(round(width * short_side / height)))
+    return max(1, int(round(height * short_side / width))), short_side
+
+
+def _as_numpy(batch) -> np.ndarray:
+    # Another library may have switched decord's global bridge (e.g. to torch).
+    return batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+
+
+def probe(path_or_bytes: Source, timeout_s: float = 30.0) -> tuple[int, float, int, int]:
+    """Return ``(num_frames, fps, height, width)`` of the source (native size).
+
+    ``num_frames`` is decord's count (what :func:`read_frames` clamps to).
+    """
+    _check_source(path_or_bytes)
+
+    def work() -> tuple[int, float, int, int]:
+        h, w = _safe_header_hw(path_or_bytes)
+        vr = _open(path_or_bytes, -1, -1, 1)
+        return int(len(vr)), float(vr.get_avg_fps()), h, w
+
+    return _run_with_timeout(work, timeout_s)
+
+
+def _safe_header_hw(src: Source) -> tuple[int, int]:
+    try:
+        return _header_hw(src)
+    except BadVideo:
+        raise
+    except Exception as exc:  # av.error.InvalidDataError etc.
+        raise BadVideo("undecodable", f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode_unique(src: Source, wanted: np.ndarray, width: int, height: int,
+                   num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode sorted unique ``wanted`` -> (frames (U, H, W, 3) uint8, decoded indices (U,)).
+
+    Indices are clamped to decord's frame count; if the read fails close to the
+    tail (over-reported count, truncated file) retry with indices clamped further.
+    """
+    vr = _open(src, width, height, num_threads)
+    n = len(vr)
+    uniq = np.unique(np.minimum(wanted, n - 1))  # (U,)
+    try:
+        return _as_numpy(vr.get_batch(uniq)), uniq
+    except Exception as exc:  # noqa: BLE001
+        first_err = exc
+    del vr
+    if uniq[-1] >= n - 1 - _TAIL_SHRINK[-1]:  # only a tail problem is worth retrying
+        for shrink in _TAIL_SHRINK:
+            limit = n - 1 - shrink
+            if limit < 0:
+                break
+            retry = np.unique(np.minimum(uniq, limit))
+            vr = _open(src, width, height, num_threads)  # fresh reader: a failed seek leaves state behind
+            try:
+                return _as_numpy(vr.get_batch(retry)), retry
+            except Exception:  # noqa: BLE001
+                continue
+    raise BadVideo("undecodable", f"get_batch failed: {type(first_err).__name__}: {first_err}")
+
+
+def read_frames(
+    src: Source,
+    indices: np.ndarray,
+    short_side: int | None = None,
+    timeout_s: float = 30.0,
+    num_threads: int = 1,
+    *,
+    src_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode ``indices`` of ``src`` -> uint8 array (len(indices), H, W, 3), RGB.
+
+    Args:
+        src: local path, or the file's bytes (object-store URIs: the caller
+            reads the bytes, e.g. with pyarrow, and passes them).
+        indices: 1-D non-negative frame indices, any order, repeats allowed
+            (e.g. primary and auxiliary windows concatenated).  Each distinct
+            frame is decoded once.  Indices past decord's frame count are
+            clamped to the last readable frame.
+        short_side: resize in the decoder so min(H, W) == short_side (aspect
+            kept); None keeps the native size.
+        timeout_s: give up (``BadVideo("timeout")``) after this many seconds;
+            None or <= 0 decodes inline without a thread.
+        num_threads: decoder threads (1 is as fast for short clips and leaves
+            cores for other loader workers).
+        src_hw: native (height, width) if already known (skips the ~1 ms header probe).
+
+    Raises:
+        BadVideo: reason "missing", "empty", "undecodable" or "timeout".
+        ValueError: malformed ``indices``.
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be a non-empty 1-D integer array, got {idx.dtype} {idx.shape}")
+    if idx.min() < 0:
+        raise ValueError("indices must be non-negative")
+    _check_source(src)
+    idx = idx.astype(np.int64, copy=False)
+    wanted = np.unique(idx)  # (U,) sorted
+
+    def work() -> np.ndarray:
+        height = width = -1
+        if short_side:
+            h, w = src_hw if src_hw is not None else _safe_header_hw(src)
+            height, width = target_size(h, w, short_side)
+        frames, decoded = _decode_unique(src, wanted, width, height, num_threads)  # (U, H, W, 3)
+        if decoded.size == idx.size and np.array_equal(decoded, idx):
+            return frames  # already in request order: no gather copy
+        pos = np.searchsorted(decoded, np.minimum(idx, decoded[-1]))  # (len(indices),)
+        return frames[pos]
+
+    out = _run_with_timeout(work, timeout_s)
+    if out.dtype != np.uint8 or out.ndim != 4:
+        raise BadVideo("undecodable", f"unexpected decoder output {out.dtype} {out.shape}")
+    return out

@@ -1,0 +1,62 @@
+"""Evaluate or run a saved checkpoint outside training: ``cmpl-ray eval`` and ``cmpl-ray predict``.
+
+Uses the same multi-clip x multi-crop protocol as training-time evaluation (softmax averaged over views,
+primary network for the answer, auxiliary reported for analysis).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import Config, from_dict
+from ..data.lists import read_list
+from ..data.pipeline import ERR_CODES, ClipDecoder, build_val_dataset
+from . import checkpoint as ckpt
+from .loop import evaluate, normalize, summarize_eval
+from .worker import build_networks
+
+
+def load_models(path: str) -> tuple[Config, torch.nn.Module, torch.nn.Module | None, list[str]]:
+    state = ckpt.load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    names = state.get("extra", {}).get("class_names") or []
+    num_classes = state["primary"]["fc.weight"].shape[0] if "fc.weight" in state["primary"] else len(names)
+    if not names:
+        names = [f"class_{i}" for i in range(num_classes)]
+    primary, aux = build_networks(cfg, num_classes)
+    ckpt.restore(state, primary=primary, aux=aux, rng=False)
+    return cfg, primary.eval(), (aux.eval() if aux is not None else None), names
+
+
+def evaluate_checkpoint(path: str, list_path: str, root: str | None = None, batch_size: int = 2) -> dict[str, float]:
+    """Top-1 / top-5 / mean class accuracy of a checkpoint on a list file, decoded by Ray Data."""
+    from .launch import ensure_ray
+
+    cfg, primary, aux, names = load_models(path)
+    if root is not None:
+        cfg.data.root = root
+    items = read_list(list_path)
+    ensure_ray()
+    ds = build_val_dataset(cfg, items, len(names), world=1, with_aux=aux is not None)
+    counts = evaluate(primary, aux, ds.iter_torch_batches(batch_size=batch_size), len(names), torch.device("cpu"))
+    return summarize_eval(counts, aux is not None)
+
+
+@torch.no_grad()
+def predict(path: str, videos: list[str], topk: int = 5) -> list[dict]:
+    """Top-k (class name, probability) of the primary network for each video file (decoded in-process)."""
+    cfg, primary, _, names = load_models(path)
+    decoder = ClipDecoder("val", cfg.data.__dict__, len(names), with_aux=False, seed=0)
+    out = []
+    batch = decoder({"path": np.asarray(videos, dtype=object), "label": np.zeros(len(videos), np.int64),
+                     "index": np.arange(len(videos))})
+    for i, video in enumerate(videos):
+        if not batch["valid"][i]:
+            out.append({"video": video, "error": ERR_CODES.get(int(batch["err"][i]), "undecodable")})
+            continue
+        views = torch.from_numpy(batch["v_p"][i])  # (V, C, T, H, W)
+        prob = torch.softmax(primary(normalize(views, torch.device("cpu"))).float(), dim=1).mean(0)
+        p, idx = prob.topk(min(topk, len(names)))
+        out.append({"video": video, "top": [(names[j], float(q)) for q, j in zip(p.tolist(), idx.tolist())]})
+    return out

@@ -1,0 +1,151 @@
+"""Driver side of ``cmpl-ray train``: connect to Ray, build the datasets, start the MLflow run, fit.
+
+Connects to a running cluster when ``RAY_ADDRESS`` is set (``ray job submit`` sets it) and otherwise starts
+a local Ray. Re-running the same command (same ``run.name`` and ``run.storage_path``) resumes from the
+latest checkpoint: Ray Train V2 restores a run by name + storage path, and the MLflow run is found again by
+its tags so metrics continue in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..data.pipeline import build_train_datasets, build_val_dataset, class_names, read_split_lists, steps_per_epoch
+from . import tracking
+
+
+def storage_path(cfg: Config) -> str:
+    """Absolute local path or URI for Ray Train checkpoints (default: ``ray_results`` beside output_dir)."""
+    if cfg.run.storage_path:
+        p = cfg.run.storage_path
+        return p if "://" in p else str(Path(p).resolve())
+    return str((Path(cfg.run.output_dir).resolve().parent / "ray_results"))
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS if set, else start (or reuse) a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS") and num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+
+
+def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
+    """Fail fast with a clear error when none of a sample of a list's videos can be opened."""
+    from ..data.decode import BadVideo, probe
+    from ..data.lists import resolve_path
+    from ..data.pipeline import _fetch
+
+    if not items:
+        raise ValueError(f"data.{what}: the list is empty")
+    step = max(1, len(items) // sample)
+    probes = items[::step][:sample]
+    errors = []
+    for it in probes:
+        try:
+            probe(_fetch(resolve_path(cfg.data.root, it.path)))
+            return
+        except (BadVideo, OSError) as e:
+            errors.append(f"{it.path}: {getattr(e, 'reason', e)}")
+    raise RuntimeError(f"data.{what}: none of {len(probes)} sampled videos could be opened under data.root="
+                       f"{cfg.data.root!r}; first errors: {errors[:3]}")
+
+
+def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
+                 callbacks: list | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``)."""
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    labeled, unlabeled, val = read_split_lists(cfg)
+    names = class_names(cfg)
+    num_classes = cfg.model.num_classes or len(names)
+    preflight(cfg, labeled, "labeled_list")
+    if cfg.algo.name != "supervised":
+        preflight(cfg, unlabeled, "unlabeled_list")
+    world = cfg.train.num_workers
+    steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
+    ensure_ray()
+    datasets = build_train_datasets(cfg, labeled, unlabeled, num_classes, world, steps)
+    datasets["val"] = build_val_dataset(cfg, val, num_classes, world)
+
+    out_dir = str(Path(cfg.run.output_dir).resolve())
+    os.makedirs(out_dir, exist_ok=True)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    run_id = None
+    store = storage_path(cfg)
+    if cfg.tracking.enabled:
+        tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": store, **(extra_tags or {})}
+        run_id = tracking.find_run(uri, cfg.tracking.experiment, tags)
+        if run_id is None:
+            params = {**cfg.flat(), "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
+                      "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
+                      "derived.num_val": len(val)}
+            run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
+        elif verbose:
+            print(f"[cmpl-ray] continuing MLflow run {run_id}", flush=True)
+    if verbose:
+        print(f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
+              f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
+              f"{steps} steps/epoch x {cfg.train.epochs} epochs", flush=True)
+
+    loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
+                   "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir,
+                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=store, callbacks=callbacks or None,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
+                                               checkpoint_score_attribute="val_top1",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    mpath = os.path.join(out_dir, "metrics.json")
+    metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
+    best = None
+    try:
+        best = result.get_best_checkpoint("val_top1", "max")
+    except Exception:  # older Ray: fall back to the latest
+        best = result.checkpoint
+    metrics.update(wall_seconds=wall, best_checkpoint=best.path if best else None,
+                   latest_checkpoint=result.checkpoint.path if result.checkpoint else None)
+    tracking.write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
+    if run_id and cfg.tracking.log_checkpoint and best is not None and "://" not in best.path:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(uri).log_artifacts(run_id, best.path, "best_checkpoint")
+        except Exception as e:  # tracking trouble never fails a finished run
+            print(f"[cmpl-ray] WARNING could not log the best checkpoint to MLflow: {e}", flush=True)
+    if verbose:
+        print(f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {metrics.get('val_top1', float('nan')):.2f}% "
+              f"top5 {metrics.get('val_top5', float('nan')):.2f}% mean-class "
+              f"{metrics.get('val_mean_class_acc', float('nan')):.2f}%"
+              + (f", aux top1 {metrics['aux_val_top1']:.2f}%" if "aux_val_top1" in metrics else "")
+              + f"; skipped samples {metrics.get('skipped_samples', 0)}", flush=True)
+        print(f"[cmpl-ray] results: {out_dir}/metrics.json; best checkpoint: {metrics['best_checkpoint']}", flush=True)
+        if run_id:
+            print(f"[cmpl-ray] MLflow run {run_id}; browse with: {tracking.ui_command(uri)}", flush=True)
+    return metrics

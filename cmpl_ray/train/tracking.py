@@ -1,0 +1,408 @@
+"""MLflow tracking that can never kill training.
+
+The ``cmpl-ray train`` driver creates ONE MLflow run (:func:`start_run`) before launching Ray
+Train; the rank-0 worker, possibly on another machine and possibly restarted after a failure,
+logs metrics into that run id through a :class:`Tracker`. We talk to ``MlflowClient`` directly
+(never the fluent ``mlflow.start_run`` global state) so several runs can coexist in one process
+(driver + Tune trials + tests).
+
+Failure policy: an unreachable store costs ONE warning (:class:`TrackingWarning`, naming the URI
+and the error) and every metric that could not be sent is appended to a local JSONL buffer
+(``{"key","value","step","timestamp"}`` per line). Later flushes re-send the buffer first, and
+:func:`replay_buffer` sends a leftover buffer to a run afterwards, so nothing is silently lost.
+
+HTTP stores must fail fast: MLflow's defaults (7 retries, exponential backoff, 120 s timeout)
+block a training step for minutes. :func:`_fast_http_defaults` sets ``MLFLOW_HTTP_REQUEST_*``
+with ``os.environ.setdefault`` (a user's explicit value wins); mlflow 3.17 reads them on every
+request, measured: a closed loopback port fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Per-request limits (mlflow.utils.validation in 3.17).
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+
+#: Defaults for fast failure; 1 retry still absorbs a single transient 5xx / reset.
+FAST_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # int in mlflow 3.17
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",  # connect+read; a black-holed host costs ~2x this
+}
+
+
+class TrackingWarning(UserWarning):
+    """Raised (as a warning, once per Tracker / call) when the MLflow store is unreachable."""
+
+
+def _fast_http_defaults() -> None:
+    for k, v in FAST_HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _client(uri: str):
+    _fast_http_defaults()  # before the first request: MLflow caches sessions per retry config
+    from mlflow import MlflowClient  # lazy: importing mlflow costs ~4 s
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, TrackingWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# URIs
+
+
+def resolve_tracking_uri(uri: str = "") -> str:
+    """Make ``uri`` valid from any cwd: workers run elsewhere, so a relative sqlite path would
+    silently create a second, empty database there."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return "sqlite:///" + os.path.abspath("mlflow.db")
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and path != ":memory:":
+            return "sqlite:///" + os.path.abspath(path)
+    return uri
+
+
+def _sqlite_path(uri: str) -> str | None:
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
+def ui_command(uri: str) -> str:
+    """What a user runs to browse ``uri``; bound to loopback so runs are not exposed."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs (driver side)
+
+
+def _stringify(v: Any, limit: int) -> str:
+    s = json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+    return s[:limit]
+
+
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict,
+    tags: dict | None = None,
+    parent_run_id: str | None = None,
+) -> str | None:
+    """Create (experiment and) run, log ``params`` in batches; run id, or None after ONE warning.
+
+    For sqlite stores the experiment's artifacts go next to the database (``<db dir>/mlruns``)
+    instead of MLflow's cwd-relative default, so the db and its artifacts travel together.
+    """
+    from mlflow.entities import Param
+
+    uri = resolve_tracking_uri(uri)
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            db = _sqlite_path(uri)
+            art = os.path.join(os.path.dirname(db), "mlruns") if db and db != ":memory:" else None
+            exp_id = client.create_experiment(experiment, artifact_location=art)
+        else:
+            exp_id = exp.experiment_id
+        all_tags = {k: _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
+        all_tags["mlflow.runName"] = run_name
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        items = [Param(str(k), _stringify(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+        return run_id
+    except Exception as e:  # noqa: BLE001 - any store failure must not stop training
+        _warn(f"MLflow at {uri} unreachable, run not created (training continues): {e!r}")
+        return None
+
+
+def _tag_filter(tags: dict) -> tuple[str, bool]:
+    """MLflow's filter grammar has no escape: a value goes in '...' or "..."; one holding both
+    quote kinds cannot be expressed and is checked client-side (returned flag)."""
+    parts, exact = [], True
+    for k, v in tags.items():
+        v = str(v)
+        if "'" not in v:
+            parts.append(f"tags.`{k}` = '{v}'")
+        elif '"' not in v:
+            parts.append(f'tags.`{k}` = "{v}"')
+        else:
+            exact = False
+    return " and ".join(parts), exact
+
+
+def find_run(uri: str, experiment: str, tags: dict) -> str | None:
+    """Newest active run in ``experiment`` whose tags all match ``tags`` (to resume the same
+    MLflow run when a user re-runs the same command); None if none or unreachable."""
+    uri = resolve_tracking_uri(uri)
+    want = {str(k): str(v) for k, v in tags.items()}
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        flt, exact = _tag_filter(want)
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=flt,
+            order_by=["attributes.start_time DESC"],
+            max_results=1 if exact else 1000,
+        )
+        for r in runs:  # newest first
+            if all(r.data.tags.get(k) == v for k, v in want.items()):
+                return r.info.run_id
+        return None
+    except Exception as e:  # noqa: BLE001
+        _warn(f"MLflow at {uri} unreachable, cannot look up run: {e!r}")
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Buffer file
+
+
+def _append_jsonl(path: str, records: list[dict]) -> None:
+    if not records:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    """Records of the buffer; a torn last line (crash mid-write) is skipped, not fatal."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                out.append({"key": str(r["key"]), "value": float(r["value"]),
+                            "step": int(r["step"]), "timestamp": int(r["timestamp"])})
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping malformed metric line in %s: %r", path, line[:200])
+    return out
+
+
+def _send(client, run_id: str, records: list[dict]) -> int:
+    """Send records in batches of 1000. On failure, raises with ``.sent`` = count already sent."""
+    from mlflow.entities import Metric
+
+    sent = 0
+    try:
+        for i in range(0, len(records), MAX_METRICS_PER_BATCH):
+            chunk = records[i:i + MAX_METRICS_PER_BATCH]
+            client.log_batch(run_id, metrics=[
+                Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+            sent += len(chunk)
+    except Exception as e:
+        e.sent = sent  # type: ignore[attr-defined]
+        raise
+    return sent
+
+
+def _replay(client, run_id: str, path: str) -> int:
+    """Send the buffer file; on partial failure rewrite it with only the unsent tail."""
+    records = _read_jsonl(path)
+    if not records:
+        return 0
+    try:
+        n = _send(client, run_id, records)
+    except Exception as e:
+        rest = records[getattr(e, "sent", 0):]
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rest)
+        os.replace(tmp, path)
+        raise
+    os.remove(path)
+    return n
+
+
+def replay_buffer(uri: str, run_id: str, buffer_path: str) -> int:
+    """Send a buffer file left by a Tracker to ``run_id``; returns how many metrics were sent.
+    The file is removed once everything is sent (no duplicates on a second call); errors raise."""
+    return _replay(_client(resolve_tracking_uri(uri)), run_id, buffer_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side
+
+
+class Tracker:
+    """Rank-0 metric logger for one existing run; every MLflow error is absorbed.
+
+    Metrics are batched in memory and sent every ``flush_every`` calls (one request instead of
+    one per step). After a failure we stop contacting MLflow for ``retry_interval_s`` so a dead
+    server costs one timeout per interval, not one per flush; ``close`` always tries once more.
+    """
+
+    def __init__(self, uri: str, run_id: str | None, buffer_path: str, flush_every: int = 20,
+                 retry_interval_s: float = 60.0):
+        self.uri = resolve_tracking_uri(uri)
+        self.run_id = run_id
+        self.buffer_path = buffer_path
+        self.flush_every = max(1, int(flush_every))
+        self.retry_interval_s = retry_interval_s
+        self.dropped = 0  # non-finite values skipped (MLflow stores inf as +-1.8e308: misleading)
+        self.failed_artifacts: list[str] = []
+        self._pending: list[dict] = []
+        self._pending_tags: dict[str, str] = {}
+        self._calls = 0
+        self._warned = False
+        self._down_until = 0.0
+        self._client = None
+        self._nonfinite_keys: set[str] = set()
+
+    # -- internals ------------------------------------------------------------------------
+    def _get_client(self):
+        if self._client is None:
+            self._client = _client(self.uri)
+        return self._client
+
+    def _online(self, force: bool = False) -> bool:
+        return self.run_id is not None and (force or time.monotonic() >= self._down_until)
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_interval_s
+        if not self._warned:
+            self._warned = True
+            _warn(f"MLflow at {self.uri} unreachable ({what}: {e!r}); training continues, "
+                  f"metrics are buffered in {self.buffer_path}")
+        else:
+            log.debug("MLflow still unreachable (%s): %r", what, e)
+
+    # -- API --------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not math.isfinite(v):
+                self.dropped += 1
+                if k not in self._nonfinite_keys:
+                    self._nonfinite_keys.add(k)
+                    log.warning("dropping non-finite value of metric %r at step %d", k, step)
+                continue
+            self._pending.append({"key": str(k), "value": v, "step": int(step), "timestamp": ts})
+        self._calls += 1
+        if self._calls % self.flush_every == 0:
+            self.flush()
+
+    def set_tags(self, tags: dict) -> None:
+        self._pending_tags.update({str(k): _stringify(v, MAX_TAG_VAL_LENGTH)
+                                   for k, v in tags.items()})
+        self._flush_tags(force=False)
+
+    def _flush_tags(self, force: bool) -> None:
+        if not self._pending_tags or not self._online(force):
+            return
+        from mlflow.entities import RunTag
+
+        try:
+            items = [RunTag(k, v) for k, v in self._pending_tags.items()]
+            for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                self._get_client().log_batch(self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+            self._pending_tags.clear()
+        except Exception as e:  # noqa: BLE001
+            self._failed("set_tags", e)
+
+    def flush(self, force: bool = False) -> None:
+        """Re-send the buffer file, then pending metrics; whatever fails goes to the file."""
+        pending, self._pending = self._pending, []
+        if not self._online(force):
+            _append_jsonl(self.buffer_path, pending)
+            return
+        try:
+            client = self._get_client()
+            _replay(client, self.run_id, self.buffer_path)
+            try:
+                _send(client, self.run_id, pending)
+            except Exception as e:
+                pending = pending[getattr(e, "sent", 0):]
+                raise
+            pending = []
+        except Exception as e:  # noqa: BLE001
+            self._failed("log_batch", e)
+        finally:
+            _append_jsonl(self.buffer_path, pending)
+        self._flush_tags(force)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> bool:
+        """Upload a file/dir; False (path kept in ``failed_artifacts``) if MLflow is down."""
+        if self._online(force=True):
+            try:
+                if os.path.isdir(local_path):
+                    self._get_client().log_artifacts(self.run_id, local_path, artifact_path)
+                else:
+                    self._get_client().log_artifact(self.run_id, local_path, artifact_path)
+                return True
+            except Exception as e:  # noqa: BLE001
+                self._failed("log_artifact", e)
+        self.failed_artifacts.append(local_path)
+        return False
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Final flush (one attempt even during the back-off) and mark the run terminated."""
+        self.flush(force=True)
+        if self.run_id is None or self._pending_tags or os.path.exists(self.buffer_path):
+            return  # store down: leave the run open, the buffer is the record
+        try:
+            self._get_client().set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001
+            self._failed("set_terminated", e)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FAILED" if exc_type else "FINISHED")
+
+
+def write_metrics_json(path: str, metrics: dict) -> str:
+    """Pretty JSON written atomically (tmp + rename): a crash never leaves a half file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".metrics-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

@@ -1,0 +1,237 @@
+"""The one per-worker function that touches ``ray.train``: shards, DDP wrapping, reports, checkpoints.
+
+Everything numeric happens in the Ray-free :mod:`cmpl_ray.train.loop`. Each worker holds BOTH networks, each
+wrapped for DDP separately by ``prepare_model`` (one module per DDP wrapper, so no ``find_unused_parameters``),
+and ONE optimizer over both parameter sets, which is Eq. 6's joint objective. Rank 0 alone logs to MLflow
+and writes result files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import ray.train
+import ray.train.torch
+
+from ..config import Config, from_dict, save_config
+from ..data.pipeline import ERR_CODES, LOOPED, PAD
+from ..models import build_model
+from . import checkpoint as ckpt
+from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
+from .plots import plot_class_gap, plot_pseudo_label_ratio
+from .tracking import Tracker, write_metrics_json
+
+log = logging.getLogger("cmpl_ray.train")
+
+
+def build_networks(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """Primary F and (for CMPL) auxiliary A, from ``model.*``; aux_arch 'same' = Table 3's separate-weights twin."""
+    primary = build_model(cfg.model.primary_arch, num_classes, cfg.model.primary_width, cfg.model.dropout)
+    aux = None
+    if cfg.uses_aux:
+        arch, width = cfg.aux_spec()
+        aux = build_model(arch, num_classes, width, cfg.model.dropout)
+    return primary, aux
+
+
+def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module | None) -> torch.optim.Optimizer:
+    params = list(primary.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+
+
+def _all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if dist.is_available() and dist.is_initialized():
+        for k, v in counts.items():
+            t = v.to(torch.float64)
+            dist.all_reduce(t)
+            counts[k] = t
+    return counts
+
+
+def _gather(obj: Any) -> list[Any]:
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def _train_batches(labeled, unlabeled, cfg: Config):
+    """Zip the labeled and unlabeled shards into steps of B_l + B_u clips (both sized for the same steps)."""
+    b_l = cfg.train.batch_labeled
+    lab = labeled.iter_torch_batches(batch_size=b_l, drop_last=True, prefetch_batches=2)
+    if unlabeled is None:
+        yield from lab
+        return
+    unl = unlabeled.iter_torch_batches(batch_size=b_l * cfg.algo.unlabeled_ratio, drop_last=True, prefetch_batches=2)
+    for lb, ub in zip(lab, unl):
+        lb.update(ub)
+        yield lb
+    for _ in unl:  # drain: streaming_split ends an epoch only when every rank consumed its shard
+        pass
+    for _ in lab:
+        pass
+
+
+def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool) -> None:
+    acc_p, acc_a = per_class_accuracy(counts), per_class_accuracy(counts, "aux_") if has_aux else None
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class_id", "class_name", "videos", "primary_top1"] + (["aux_top1"] if has_aux else []))
+        for i, name in enumerate(names):
+            row = [i, name, int(counts["total"][i]), f"{acc_p[i]:.4f}"]
+            w.writerow(row + ([f"{acc_a[i]:.4f}"] if has_aux else []))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: cfg (dict), num_classes, class_names, steps, run_id, tracking_uri."""
+    cfg: Config = from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.train.use_gpu:
+        torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+    num_classes, names, steps = config["num_classes"], config["class_names"], config["steps"]
+
+    primary, aux = build_networks(cfg, num_classes)
+    optimizer = make_optimizer(cfg, primary, aux)  # params are the same tensors after prepare_model's .to()
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
+
+    start_epoch, global_step, history, best = 0, 0, [], -1.0
+    skipped_total, looped_total, bad_files = 0, 0, {}
+    resume = ray.train.get_checkpoint()
+    state = None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = ckpt.load_checkpoint(d)
+    elif cfg.run.resume:
+        state = ckpt.load_checkpoint(cfg.run.resume)
+    if state is not None:
+        ckpt.restore(state, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler)
+        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        extra = state.get("extra", {})
+        history, best = extra.get("history", []), extra.get("best", -1.0)
+        skipped_total, looped_total = extra.get("skipped_total", 0), extra.get("looped_total", 0)
+        bad_files = extra.get("bad_files", {})
+        if rank == 0:
+            print(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})", flush=True)
+
+    primary = ray.train.torch.prepare_model(primary)
+    if aux is not None:
+        aux = ray.train.torch.prepare_model(aux)
+    if cfg.train.channels_last and device.type == "cuda":
+        primary = primary.to(memory_format=torch.channels_last_3d)
+        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
+
+    tracker = None
+    if rank == 0 and cfg.tracking.enabled:
+        tracker = Tracker(config["tracking_uri"], config.get("run_id"),
+                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"))
+    total_steps = steps * cfg.train.epochs
+    t_run = time.perf_counter()
+
+    def log_step(step: int, stats: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
+        if rank == 0:
+            done = step - start_epoch * steps
+            eta = (time.perf_counter() - t_run) / max(1, done) * (total_steps - step)
+            print(f"[cmpl-ray] epoch {step // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
+                  f"loss {stats.get('loss', float('nan')):.4f} lr {stats['lr']:.4g} "
+                  f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min", flush=True)
+
+    labeled = ray.train.get_dataset_shard("labeled")
+    unlabeled = ray.train.get_dataset_shard("unlabeled") if cfg.algo.name != "supervised" else None
+    val = ray.train.get_dataset_shard("val")
+    metrics: dict[str, float] = {}
+    counts = None
+    for epoch in range(start_epoch, cfg.train.epochs):
+        res = train_one_epoch(primary, aux, optimizer, _train_batches(labeled, unlabeled, cfg), cfg, epoch=epoch,
+                              steps=steps, global_step=global_step, total_steps=total_steps, device=device,
+                              scaler=scaler, log_fn=log_step)
+        global_step += res.steps + res.skipped_steps
+        # bad samples of every rank -> one warning per file on rank 0, exact counts
+        gathered = _gather((res.bad_samples, res.looped_samples, res.steps))
+        epoch_bad = [b for g in gathered for b in g[0]]
+        looped_total += sum(g[1] for g in gathered)
+        skipped_total += len(epoch_bad)
+        for stream, idx, code in epoch_bad:
+            key = f"{stream}:{idx}"
+            if key not in bad_files:
+                bad_files[key] = ERR_CODES.get(code, str(code))
+                if rank == 0:
+                    lst = config["lists"]["labeled" if stream == "l" else "unlabeled"]
+                    print(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: "
+                          f"{ERR_CODES.get(code, code)}", flush=True)
+        if sum(g[2] for g in gathered) > 0 and len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (
+                1 + (cfg.algo.unlabeled_ratio if unlabeled is not None else 0)):
+            raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
+        metrics = {f"train_{k}": v for k, v in res.means.items()}
+        metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total,
+                       looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            counts = _all_reduce_counts(evaluate(primary, aux, val.iter_torch_batches(batch_size=2), num_classes, device))
+            ev = summarize_eval(counts, aux is not None)
+            best = max(best, ev["val_top1"])
+            metrics.update(ev)
+        metrics["val_top1_best"] = best
+        metrics.setdefault("val_top1", history[-1].get("val_top1", 0.0) if history else 0.0)
+        history.append({k: float(v) for k, v in metrics.items()})
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "global_step")}, global_step)
+            tracker.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                extra = {"history": history, "best": best, "skipped_total": skipped_total,
+                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names}
+                ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
+                                     global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                if rank == 0 and counts is not None and "val_top1" in metrics:
+                    print(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
+                          f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
+                          + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
+                          + f" | skipped {skipped_total}", flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    if rank == 0:
+        out = config["output_dir"]
+        os.makedirs(out, exist_ok=True)
+        final = {k: history[-1][k] for k in history[-1]} if history else {}
+        final.update(epochs=cfg.train.epochs, skipped_samples=skipped_total, looped_samples=looped_total,
+                     bad_files=bad_files, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
+                     world_size=world, history=history)
+        write_metrics_json(os.path.join(out, "metrics.json"), final)
+        artifacts = [os.path.join(out, "metrics.json")]
+        save_config(cfg, os.path.join(out, "config.yaml"))
+        artifacts.append(os.path.join(out, "config.yaml"))
+        try:
+            artifacts.append(plot_pseudo_label_ratio(history, os.path.join(out, "pseudo_label_ratio.png")))
+        except Exception as e:  # a plot must never fail a finished run
+            log.warning("pseudo-label plot failed: %r", e)
+        if counts is not None:
+            _write_per_class(os.path.join(out, "per_class.csv"), names, counts, aux is not None)
+            artifacts.append(os.path.join(out, "per_class.csv"))
+            if aux is not None:
+                try:
+                    artifacts.append(plot_class_gap(per_class_accuracy(counts), per_class_accuracy(counts, "aux_"),
+                                                    names, os.path.join(out, "class_gap.png")))
+                except Exception as e:
+                    log.warning("class-gap plot failed: %r", e)
+        if tracker is not None:
+            for a in artifacts:
+                tracker.log_artifact(a)
+            tracker.close()

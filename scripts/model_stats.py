@@ -1,0 +1,67 @@
+"""Parameter and compute statistics for the CMPL 3D-ResNets.
+
+Usage:
+    python scripts/model_stats.py --arch r50 --width 1 --frames 8 --size 224 --num-classes 400
+    python scripts/model_stats.py --paper
+
+GMACs are multiply-accumulates of one clip (batch 1), which is what papers,
+including CMPL's Table 3 "#FLOPs", usually call FLOPs (= FlopCounterMode / 2).
+Counting runs on the meta device, so even R50 @ 16x224^2 is instant on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    from cmpl_ray.models import build_model, count_flops, count_params
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cmpl_ray.models import build_model, count_flops, count_params
+
+# (label, arch, width, frames) -- the primary net and the Table 3 auxiliary nets.
+PAPER_CONFIGS = [
+    ("R50 x1", "r50", 1.0, 8),
+    ("R50 x1/4", "r50", 0.25, 16),
+    ("R18", "r18", 1.0, 16),
+    ("R10", "r10", 1.0, 16),
+    ("R50 x1/2", "r50", 0.5, 16),
+    ("R50 x1/8", "r50", 0.125, 16),
+]
+
+
+def stats(arch: str, width: float, frames: int, size: int, num_classes: int) -> tuple[float, float]:
+    """(params in millions, GMACs per clip) for one configuration."""
+    model = build_model(arch, num_classes, width=width)
+    macs = count_flops(model, (3, frames, size, size)) / 2
+    return count_params(model) / 1e6, macs / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="r50", help="r10 | r18 | r34 | r50 | tiny")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier, e.g. 0.25")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=224, help="square spatial crop size")
+    p.add_argument("--num-classes", type=int, default=400)
+    p.add_argument("--paper", action="store_true", help="print the paper's configurations (Table 3 / A4)")
+    args = p.parse_args(argv)
+
+    if not args.paper:
+        params, gmacs = stats(args.arch, args.width, args.frames, args.size, args.num_classes)
+        print(f"{args.arch} x{args.width:g} @ {args.frames}x{args.size}^2, {args.num_classes} classes: "
+              f"params {params:.2f} M, {gmacs:.2f} GMACs")
+        return 0
+
+    print(f"{'model':<10} {'frames':>6} {'params (M)':>11} {'GMACs':>8}   (size {args.size}^2, "
+          f"{args.num_classes} classes, 1 clip)")
+    for label, arch, width, frames in PAPER_CONFIGS:
+        params, gmacs = stats(arch, width, frames, args.size, args.num_classes)
+        print(f"{label:<10} {frames:>6} {params:>11.2f} {gmacs:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

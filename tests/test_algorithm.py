@@ -1,0 +1,173 @@
+"""Hand-computed cases for the CMPL objective (Eq. 1-6, Appendix A)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cmpl_ray.algorithm import compute_objective, pseudo_label_loss, teacher_distributions
+
+P_F = torch.tensor([[0.95, 0.05], [0.60, 0.40], [0.90, 0.10]])
+P_A = torch.tensor([[0.20, 0.80], [0.05, 0.95], [0.50, 0.50]])
+
+
+def test_cross_swaps_teachers():
+    l_f, l_a = teacher_distributions(P_F, P_A, "cross", 0.9)
+    assert torch.equal(l_f, P_A) and torch.equal(l_a, P_F)
+
+
+def test_self_first():
+    l_f, l_a = teacher_distributions(P_F, P_A, "self_first", 0.9)
+    # row0: F confident (0.95) -> own; row1: F not -> A's; row2: F exactly at threshold 0.9 -> own
+    assert torch.equal(l_f, torch.stack([P_F[0], P_A[1], P_F[2]]))
+    # A: row0 0.8 no -> F; row1 0.95 yes -> own; row2 0.5 no -> F
+    assert torch.equal(l_a, torch.stack([P_F[0], P_A[1], P_F[2]]))
+
+
+def test_opposite_first():
+    l_f, l_a = teacher_distributions(P_F, P_A, "opposite_first", 0.9)
+    assert torch.equal(l_f, torch.stack([P_F[0], P_A[1], P_F[2]]))  # A confident only on row1
+    assert torch.equal(l_a, torch.stack([P_F[0], P_A[1], P_F[2]]))  # F confident rows 0, 2
+
+
+def test_maximum_and_ties_go_to_primary():
+    pf = torch.tensor([[0.7, 0.3], [0.6, 0.4]])
+    pa = torch.tensor([[0.1, 0.9], [0.4, 0.6]])  # row1: tie 0.6 vs 0.6
+    l_f, l_a = teacher_distributions(pf, pa, "maximum", 0.9)
+    assert torch.equal(l_f, l_a)
+    assert torch.equal(l_f, torch.stack([pa[0], pf[1]]))
+
+
+def test_average():
+    l_f, l_a = teacher_distributions(P_F, P_A, "average", 0.9)
+    assert torch.allclose(l_f, (P_F + P_A) / 2) and torch.equal(l_f, l_a)
+
+
+def test_unknown_scheme():
+    with pytest.raises(ValueError, match="algo.scheme"):
+        teacher_distributions(P_F, P_A, "bogus", 0.9)
+
+
+def test_pseudo_label_loss_hand_computed():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    teacher = torch.tensor([[0.95, 0.05], [0.10, 0.90], [0.5, 0.5]])  # rows 0 and 1 (exactly 0.9) kept
+    loss, mask, target = pseudo_label_loss(logits, teacher, 0.9)
+    ce0 = -math.log(math.exp(2) / (math.exp(2) + 1))
+    ce1 = -math.log(math.exp(1) / (math.exp(1) + 1))
+    assert mask.tolist() == [1.0, 1.0, 0.0]
+    assert target.tolist()[:2] == [0, 1]
+    assert loss.item() == pytest.approx((ce0 + ce1) / 3, rel=1e-6)  # divided by B_u, not by kept count
+
+
+def test_nothing_above_threshold_is_zero_not_nan():
+    logits = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.full((4, 3), 1 / 3)
+    loss, mask, _ = pseudo_label_loss(logits, teacher, 0.9)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    loss.backward()
+    assert torch.all(logits.grad == 0)
+
+
+def test_valid_mask_excludes_skipped_clips():
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    loss_all, _, _ = pseudo_label_loss(logits, teacher, 0.9)
+    loss_one, mask, _ = pseudo_label_loss(logits, teacher, 0.9, valid=torch.tensor([True, False]))
+    assert mask.tolist() == [1.0, 0.0]
+    assert loss_one.item() == pytest.approx(loss_all.item())  # mean over valid clips only
+
+
+class Fixed(nn.Module):
+    """Returns fixed logits per input 'id' (first pixel) so tests control every prediction."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        ids = x[:, 0, 0, 0, 0].long()
+        return self.table[ids] * self.scale
+
+
+def _clip(ids, t=2):
+    x = torch.zeros(len(ids), 3, t, 4, 4)
+    x[:, 0, 0, 0, 0] = torch.tensor(ids, dtype=torch.float)
+    return x
+
+
+def _batch():
+    # ids 0: labeled; 1, 2: unlabeled weak; 3, 4: unlabeled strong
+    return {"l_p": _clip([0]), "l_a": _clip([0], 4), "y_l": torch.tensor([0]),
+            "u_weak_p": _clip([1, 2]), "u_strong_p": _clip([3, 4]),
+            "u_weak_a": _clip([1, 2], 4), "u_strong_a": _clip([3, 4], 4), "y_u": torch.tensor([1, 0])}
+
+
+def test_cross_each_network_learns_from_the_other():
+    big = 20.0
+    table_f = torch.tensor([[0.0, 0.0], [big, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # F: u1 -> class 0
+    table_a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, big], [0.0, 0.0], [0.0, 0.0]])  # A: u2 -> class 1
+    f, a = Fixed(table_f), Fixed(table_a)
+    loss, st = compute_objective(f, a, _batch(), algo="cmpl", scheme="cross", threshold=0.9, lambda_u=2.0)
+    # F is taught by A (only u2 confident, label 1); A is taught by F (only u1 confident, label 0)
+    assert st["mask_rate_f"].item() == pytest.approx(0.5) and st["mask_rate_a"].item() == pytest.approx(0.5)
+    ln2 = math.log(2)
+    assert st["loss_u_f"].item() == pytest.approx(ln2 / 2, rel=1e-5)  # strong logits are 0 -> CE ln2, /B_u=2
+    assert st["loss_s_f"].item() == pytest.approx(ln2, rel=1e-5)
+    assert loss.item() == pytest.approx(2 * ln2 + 2.0 * (ln2 / 2 + ln2 / 2), rel=1e-5)
+    # y_u = [1, 0]: F's teacher (A) said class 1 for u2 whose truth is 0 -> wrong; A's teacher said 0 for u1 (truth 1)
+    assert st["pl_acc_f"].item() == 0.0 and st["pl_correct_ratio_a"].item() == 0.0
+
+
+def test_fixmatch_uses_own_predictions_only():
+    table_f = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    f = Fixed(table_f)
+    _, st = compute_objective(f, None, _batch(), algo="fixmatch", threshold=0.9, lambda_u=1.0)
+    assert st["mask_rate_f"].item() == pytest.approx(0.5)
+    assert st["pl_acc_f"].item() == 0.0  # pseudo label 0 for u1 whose truth is 1
+    assert "loss_u_a" not in st
+
+
+def test_supervised_only_labeled_loss():
+    f = Fixed(torch.zeros(5, 2))
+    loss, st = compute_objective(f, None, _batch(), algo="supervised")
+    assert set(st) == {"loss_s_f", "loss"} and loss.item() == pytest.approx(math.log(2))
+
+
+def test_no_gradient_through_teacher():
+    torch.manual_seed(0)
+    net_f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    net_a = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4 * 4, 3))
+    b = {"l_p": torch.randn(2, 3, 2, 4, 4), "l_a": torch.randn(2, 3, 4, 4, 4), "y_l": torch.tensor([0, 1]),
+         "u_weak_p": torch.randn(3, 3, 2, 4, 4).requires_grad_(), "u_strong_p": torch.randn(3, 3, 2, 4, 4),
+         "u_weak_a": torch.randn(3, 3, 4, 4, 4).requires_grad_(), "u_strong_a": torch.randn(3, 3, 4, 4, 4)}
+    loss, _ = compute_objective(net_f, net_a, b, algo="cmpl", threshold=0.01, lambda_u=1.0, bn_mode="concat")
+    loss.backward()
+    assert b["u_weak_p"].grad is None or torch.all(b["u_weak_p"].grad == 0)
+    assert b["u_weak_a"].grad is None or torch.all(b["u_weak_a"].grad == 0)
+
+
+@pytest.mark.parametrize("bn_mode", ["concat", "separate"])
+def test_bn_modes_run_and_update_running_stats(bn_mode):
+    torch.manual_seed(0)
+    net_f = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    net_a = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 4 * 4 * 4, 3))
+    b = {"l_p": torch.randn(2, 3, 2, 4, 4), "l_a": torch.randn(2, 3, 4, 4, 4), "y_l": torch.tensor([0, 1]),
+         "u_weak_p": torch.randn(3, 3, 2, 4, 4) + 5, "u_strong_p": torch.randn(3, 3, 2, 4, 4),
+         "u_weak_a": torch.randn(3, 3, 4, 4, 4) + 5, "u_strong_a": torch.randn(3, 3, 4, 4, 4)}
+    before = net_f[0].num_batches_tracked.item()
+    loss, _ = compute_objective(net_f, net_a, b, algo="cmpl", threshold=0.5, bn_mode=bn_mode)
+    assert torch.isfinite(loss)
+    # concat: one BN update over all 8 clips; separate: one per view (3)
+    assert net_f[0].num_batches_tracked.item() - before == (1 if bn_mode == "concat" else 3)
+
+
+def test_table6_switches_drop_aux_terms():
+    f = Fixed(torch.zeros(5, 2))
+    a = Fixed(torch.zeros(5, 2))
+    loss_full, st = compute_objective(f, a, _batch(), algo="cmpl", threshold=0.4, lambda_u=1.0)
+    loss_no_sa, _ = compute_objective(f, a, _batch(), algo="cmpl", threshold=0.4, lambda_u=1.0, aux_supervised=False)
+    loss_no_ua, _ = compute_objective(f, a, _batch(), algo="cmpl", threshold=0.4, lambda_u=1.0, aux_unsupervised=False)
+    assert loss_full.item() - loss_no_sa.item() == pytest.approx(st["loss_s_a"].item(), rel=1e-5)
+    assert loss_full.item() - loss_no_ua.item() == pytest.approx(st["loss_u_a"].item(), rel=1e-5)

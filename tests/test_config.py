@@ -1,0 +1,88 @@
+"""Config: presets, round trip, validation errors naming the key, --set parsing."""
+
+import pytest
+import yaml
+
+from cmpl_ray.config import Config, ConfigError, apply_overrides, from_dict, load_config, parse_value, preset_names, save_config
+
+PUBLIC_KEYS = ["data.root", "data.labeled_list", "data.unlabeled_list", "data.val_list", "algo.name", "algo.scheme",
+               "algo.threshold", "algo.lambda_u", "algo.unlabeled_ratio", "train.epochs", "run.output_dir"]
+
+
+def test_presets_load_and_carry_the_paper_recipe():
+    assert {"demo", "ucf101-1pct-r50", "ucf101-10pct-r50", "k400-1pct-r50", "k400-10pct-r50",
+            "ucf101-1pct-r18"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        assert set(PUBLIC_KEYS) <= set(cfg.flat())
+    k = load_config("k400-1pct-r50")
+    assert (k.optim.momentum, k.optim.weight_decay, k.optim.lr) == (0.9, 1e-4, 0.1)
+    assert (k.train.batch_labeled, k.train.batch_labeled * k.algo.unlabeled_ratio) == (2, 10)
+    assert (k.algo.lambda_u, k.algo.threshold, k.train.epochs) == (5.0, 0.9, 200)
+    assert (k.data.raw_clip_len // k.data.primary_stride, k.data.primary_stride) == (8, 8)
+    assert (k.data.raw_clip_len // k.data.aux_stride, k.data.aux_stride) == (16, 4)
+    assert (k.model.aux_arch, k.model.aux_width, k.data.crop_size) == ("r50", 0.25, 224)
+    assert load_config("k400-10pct-r50").algo.lambda_u == 2.0
+    assert load_config("ucf101-1pct-r50").optim.weight_decay == 1e-3
+    assert load_config("ucf101-1pct-r18").model.primary_arch == "r18"
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config("demo", overrides=["algo.threshold=0.8", "data.train_short_side=[60, 70]"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = from_dict(yaml.safe_load((tmp_path / "c.yaml").read_text()))
+    assert again == cfg
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("1e-4", 1e-4), ("true", True), ("False", False),
+                                        ("[256, 320]", [256, 320]), ("cross", "cross"), ("s3://b/x", "s3://b/x")])
+def test_parse_value(text, value):
+    assert parse_value(text) == value
+
+
+def test_set_overrides_types():
+    cfg = load_config("demo", overrides=["train.epochs=3", "optim.lr=0.2", "algo.lambda_u=1", "data.weak_flip=true",
+                                         "data.train_short_side=[64, 80]", "train.use_gpu=no"])
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.2 and isinstance(cfg.algo.lambda_u, float)
+    assert cfg.data.weak_flip is True and cfg.data.train_short_side == [64, 80] and cfg.train.use_gpu is False
+
+
+@pytest.mark.parametrize("override,key", [
+    ("algo.threshold=0", "algo.threshold"), ("algo.threshold=1.5", "algo.threshold"),
+    ("algo.lambda_u=-1", "algo.lambda_u"), ("algo.unlabeled_ratio=0", "algo.unlabeled_ratio"),
+    ("algo.unlabeled_ratio=2.5", "algo.unlabeled_ratio"), ("data.primary_stride=3", "data.primary_stride"),
+    ("data.aux_stride=0", "data.aux_stride"), ("model.aux_width=0.001", "model.aux_width"),
+    ("model.primary_width=-1", "model.primary_width"), ("algo.name=meanteacher", "algo.name"),
+    ("algo.scheme=best", "algo.scheme"), ("train.epochs=0", "train.epochs"), ("train.amp=fp8", "train.amp"),
+    ("model.primary_arch=r101", "model.primary_arch"), ("train.epochs=ten", "train.epochs"),
+    ("data.weak_flip=maybe", "data.weak_flip"), ("data.train_short_side=[10]", "data.train_short_side"),
+    ("optim.lr=0", "optim.lr"), ("run.name=a/b", "run.name"), ("data.eval_crops=2", "data.eval_crops"),
+])
+def test_validation_names_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", overrides=[override])
+    assert str(e.value).startswith(key)
+
+
+def test_unknown_keys_get_a_suggestion():
+    with pytest.raises(ConfigError, match=r"algo.treshold: unknown key \(did you mean 'threshold'\?\)"):
+        load_config("demo", overrides=["algo.treshold=0.9"])
+    with pytest.raises(ConfigError, match=r"algoo: unknown config section \(did you mean 'algo'\?\)"):
+        from_dict({"algoo": {}})
+    with pytest.raises(ConfigError, match="section.key"):
+        apply_overrides({}, ["threshold=0.9"])
+    with pytest.raises(ConfigError, match="preset 'dem' not found"):
+        load_config("dem")
+
+
+def test_stride_must_divide_raw_clip_len():
+    with pytest.raises(ConfigError, match="data.primary_stride: must be a positive divisor of data.raw_clip_len=64"):
+        from_dict({"data": {"primary_stride": 7}})
+    assert from_dict({"data": {"raw_clip_len": 32, "primary_stride": 4, "aux_stride": 2}}).data.aux_stride == 2
+
+
+def test_aux_same_resolves_to_primary():
+    cfg = load_config("demo", overrides=["model.aux_arch=same", "model.primary_width=0.5"])
+    assert cfg.aux_spec() == ("tiny", 0.5)
+    assert Config().aux_spec() == ("r50", 0.25)
