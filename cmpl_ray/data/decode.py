@@ -41,7 +41,7 @@ import decord
 
 decord.bridge.set_bridge("native")  # return decord NDArray -> .asnumpy(); no torch bridge surprises
 
-__all__ = ["BadVideo", "REASONS", "Source", "probe", "read_frames", "target_size"]
+__all__ = ["BadVideo", "DECORD_BAD_WIDTHS", "REASONS", "Source", "probe", "read_frames", "target_size"]
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -49,7 +49,10 @@ Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 REASONS = ("missing", "empty", "undecodable", "timeout", "bad_label")
 
 # How far below decord's reported frame count we retry when the tail cannot be read.
-_TAIL_SHRINK = (1, 2, 4, 8, 16, 32)
+_TAIL_SHRINK = (1, 2, 3, 4, 8, 16, 32)
+# decord 0.6.0 output widths whose frames cannot be copied out ("DECORDArrayCopyFromTo: The size
+# must exactly match"); measured for widths 8..400 (any height).  Resize targets step around them.
+DECORD_BAD_WIDTHS = frozenset({8, 12, 16, 24, 48, 72})
 
 T = TypeVar("T")
 
@@ -154,13 +157,20 @@ def _open(src: Source, width: int, height: int, num_threads: int) -> "decord.Vid
 def target_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
     """Decoder output (height, width) with the short side == ``short_side``, aspect kept.
 
-    Returns (-1, -1) (decord's "unchanged") when no resize is needed.
+    Returns (-1, -1) (decord's "unchanged") when no resize is needed.  A width
+    decord cannot output (:data:`DECORD_BAD_WIDTHS`) is widened by a pixel or two.
     """
     if short_side is None or short_side <= 0 or min(height, width) == short_side:
-        return -1, -1
+        if width not in DECORD_BAD_WIDTHS:
+            return -1, -1
+        short_side = min(height, width)
     if height <= width:
-        return short_side, max(1, int(round(width * short_side / height)))
-    return max(1, int(round(height * short_side / width))), short_side
+        h, w = short_side, max(1, int(round(width * short_side / height)))
+    else:
+        h, w = max(1, int(round(height * short_side / width))), short_side
+    while w in DECORD_BAD_WIDTHS:
+        w += 1
+    return h, w
 
 
 def _as_numpy(batch) -> np.ndarray:
@@ -240,7 +250,8 @@ def read_frames(
             frame is decoded once.  Indices past decord's frame count are
             clamped to the last readable frame.
         short_side: resize in the decoder so min(H, W) == short_side (aspect
-            kept); None keeps the native size.
+            kept; a width decord 0.6 cannot output, see ``DECORD_BAD_WIDTHS``,
+            is widened by a pixel); None keeps the native size.
         timeout_s: give up (``BadVideo("timeout")``) after this many seconds;
             None or <= 0 decodes inline without a thread.
         num_threads: decoder threads (1 is as fast for short clips and leaves
@@ -262,7 +273,7 @@ def read_frames(
 
     def work() -> np.ndarray:
         height = width = -1
-        if short_side:
+        if short_side or src_hw is not None:
             h, w = src_hw if src_hw is not None else _safe_header_hw(src)
             height, width = target_size(h, w, short_side)
         frames, decoded = _decode_unique(src, wanted, width, height, num_threads)  # (U, H, W, 3)

@@ -223,6 +223,8 @@ def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dic
                     raise ListFormatError(f"{fname}:{lineno}: expected '<Class/v_x.avi> <id>': {line!r}")
                 if int(parts[1]) - 1 != label:
                     raise ListFormatError(f"{fname}:{lineno}: id {parts[1]} disagrees with folder of {rel!r}")
+            # Use classInd's spelling of the folder: the lists' case may differ from disk.
+            rel = classes[label] + "/" + rel.split("/", 1)[1] if "/" in rel else rel
             items.append(VideoItem(posixpath.join(prefix, rel) if prefix else rel, label))
         return items
 

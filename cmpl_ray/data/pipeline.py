@@ -213,6 +213,17 @@ def _shuffle(ds, seed: int):
         return ds.random_shuffle()
 
 
+def quiet_data() -> None:
+    """No per-operator progress bars: they flood job logs; training prints its own progress."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+
+
 def _decode(ds, mode: str, cfg: Config, num_classes: int, with_aux: bool, actors: int | None = None):
     import ray.data
 
@@ -240,8 +251,9 @@ def build_train_datasets(cfg: Config, labeled: list[VideoItem], unlabeled: list[
     n_l = steps * cfg.train.batch_labeled * world
     reps = -(-n_l // max(1, len(labeled)))
     meta_l = _meta(labeled, cfg.data.root) * reps
+    quiet_data()
     out = {"labeled": _decode(_shuffle(ray.data.from_items(meta_l), cfg.train.seed).limit(n_l), "labeled", cfg,
-                              num_classes, with_aux)}
+                              num_classes, with_aux, actors=1)}
     if cfg.algo.name != "supervised":
         n_u = steps * cfg.algo.unlabeled_ratio * cfg.train.batch_labeled * world
         reps_u = -(-n_u // max(1, len(unlabeled)))
@@ -258,7 +270,8 @@ def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, wor
     meta = _meta(items, cfg.data.root)
     meta += [{"path": "", "label": 0, "index": -1}] * ((-len(meta)) % world)
     aux = cfg.uses_aux if with_aux is None else with_aux
-    return _decode(ray.data.from_items(meta), "val", cfg, num_classes, aux)
+    quiet_data()
+    return _decode(ray.data.from_items(meta), "val", cfg, num_classes, aux, actors=1)
 
 
 def read_split_lists(cfg: Config) -> tuple[list[VideoItem], list[VideoItem], list[VideoItem]]:

@@ -55,18 +55,21 @@ def _fast_http_defaults() -> None:
 
 
 def _client(uri: str):
-    _fast_http_defaults()  # before the first request: MLflow caches sessions per retry config
+    _fast_http_defaults()  # mlflow reads these per request, so setting them here suffices
     from mlflow import MlflowClient  # lazy: importing mlflow costs ~4 s
 
     return MlflowClient(tracking_uri=uri)
 
 
+def _as_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _warn(msg: str) -> None:
     warnings.warn(msg, TrackingWarning, stacklevel=3)
-
-
-# ----------------------------------------------------------------------------------------------
-# URIs
 
 
 def resolve_tracking_uri(uri: str = "") -> str:
@@ -82,10 +85,6 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return uri
 
 
-def _sqlite_path(uri: str) -> str | None:
-    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
-
-
 def ui_command(uri: str) -> str:
     """What a user runs to browse ``uri``; bound to loopback so runs are not exposed."""
     uri = resolve_tracking_uri(uri)
@@ -94,12 +93,8 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
-# ----------------------------------------------------------------------------------------------
-# Runs (driver side)
-
-
 def _stringify(v: Any, limit: int) -> str:
-    s = json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+    s = json.dumps(list(v), default=str) if isinstance(v, (list, tuple)) else str(v)
     return s[:limit]
 
 
@@ -123,8 +118,8 @@ def start_run(
         client = _client(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            db = _sqlite_path(uri)
-            art = os.path.join(os.path.dirname(db), "mlruns") if db and db != ":memory:" else None
+            db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+            art = os.path.join(os.path.dirname(db), "mlruns") if db.startswith("/") else None
             exp_id = client.create_experiment(experiment, artifact_location=art)
         else:
             exp_id = exp.experiment_id
@@ -182,10 +177,6 @@ def find_run(uri: str, experiment: str, tags: dict) -> str | None:
     except Exception as e:  # noqa: BLE001
         _warn(f"MLflow at {uri} unreachable, cannot look up run: {e!r}")
         return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Buffer file
 
 
 def _append_jsonl(path: str, records: list[dict]) -> None:
@@ -255,10 +246,6 @@ def replay_buffer(uri: str, run_id: str, buffer_path: str) -> int:
     return _replay(_client(resolve_tracking_uri(uri)), run_id, buffer_path)
 
 
-# ----------------------------------------------------------------------------------------------
-# Worker side
-
-
 class Tracker:
     """Rank-0 metric logger for one existing run; every MLflow error is absorbed.
 
@@ -284,10 +271,8 @@ class Tracker:
         self._client = None
         self._nonfinite_keys: set[str] = set()
 
-    # -- internals ------------------------------------------------------------------------
     def _get_client(self):
-        if self._client is None:
-            self._client = _client(self.uri)
+        self._client = self._client or _client(self.uri)
         return self._client
 
     def _online(self, force: bool = False) -> bool:
@@ -302,14 +287,10 @@ class Tracker:
         else:
             log.debug("MLflow still unreachable (%s): %r", what, e)
 
-    # -- API --------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
         for k, v in metrics.items():
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                v = math.nan
+            v = _as_float(v)
             if not math.isfinite(v):
                 self.dropped += 1
                 if k not in self._nonfinite_keys:
@@ -393,8 +374,7 @@ class Tracker:
 
 def write_metrics_json(path: str, metrics: dict) -> str:
     """Pretty JSON written atomically (tmp + rename): a crash never leaves a half file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(d := os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".metrics-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
