@@ -98,7 +98,7 @@ def cmd_demo(args) -> int:
     write_list(os.path.join(split_dir, "unlabeled.txt"), unlabeled)
     overrides = [f"data.root={root}", f"data.labeled_list={split_dir}/labeled.txt",
                  f"data.unlabeled_list={split_dir}/unlabeled.txt", f"data.val_list={root}/val.txt",
-                 f"data.classes_file={root}/classes.txt"] + args.overrides
+                 f"data.classes_file={root}/classes.txt", f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}"] + args.overrides
     cfg = load_config("demo", None, overrides)
     run_training(cfg)
     return 0

@@ -280,3 +280,12 @@ def test_split_help_documents_protocol(cli, capsys):
         cli("split", "--help")
     text = capsys.readouterr().out
     assert "seeds 0, 1 and 2" in text and "--per-class 6" in text and "--per-class 60" in text
+
+
+def test_cli_synth(cli, tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert cli("synth", out, "--classes", 2, "--per-class", 2, "--seed", 3, "--frames", 8, "--size", 32,
+               "--val-per-class", 1) == 0
+    line = capsys.readouterr().out
+    assert "2 classes (1 motion, 1 appearance), 4 train + 2 val videos" in line and " s -> " in line
+    assert len(read_list(str(out / "train.txt"))) == 4 and len(read_list(str(out / "val.txt"))) == 2

@@ -168,14 +168,6 @@ def write_classes(path: str, names) -> None:
     _write_text(path, "".join(n + "\n" for n in names))
 
 
-def _write_outputs(out_dir: str, train, val, classes) -> dict:
-    files = {k: os.path.join(out_dir, f"{k}.txt") for k in ("train", "val", "classes")}
-    write_list(files["train"], train)
-    write_list(files["val"], val)
-    write_classes(files["classes"], classes)
-    return files
-
-
 # ----------------------------------------------------------------------------- importers
 def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dict:
     """Convert the official UCF-101 split ``split`` (1..3) into train/val/classes lists.
@@ -249,7 +241,7 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
     if not os.path.isfile(train_csv) or val_csv is None:
         raise FileNotFoundError(f"need {train_csv} and {ann}/validate.csv (or val.csv)")
 
-    def rows(fname: str) -> list[tuple[str, str]]:
+    def rows(fname: str) -> list[tuple[str, str, str]]:
         reader = csv.DictReader(io.StringIO(_read_text(fname)))
         need = {"label", "youtube_id", "time_start", "time_end"}
         if not need <= set(reader.fieldnames or []):
@@ -262,20 +254,20 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
                 raise ListFormatError(f"{fname}:{lineno}: bad time_start/time_end in {r}") from None
             if not r["label"] or not r["youtube_id"]:
                 raise ListFormatError(f"{fname}:{lineno}: empty label or youtube_id")
-            out.append((r["label"].strip(), f"{r['youtube_id']}_{start:06d}_{end:06d}.mp4"))
+            out.append((f"{fname}:{lineno}", r["label"].strip(), f"{r['youtube_id']}_{start:06d}_{end:06d}.mp4"))
         return out
 
     train_rows, val_rows = rows(train_csv), rows(val_csv)
-    classes = sorted({lab for lab, _ in train_rows})
+    classes = sorted({lab for _, lab, _ in train_rows})
     index = {c: i for i, c in enumerate(classes)}
 
-    def convert(rs, split_dirs: tuple[str, ...], fname: str) -> list[VideoItem]:
+    def convert(rs, split_dirs: tuple[str, ...]) -> list[VideoItem]:
         split_dir = next((d for d in split_dirs if os.path.isdir(os.path.join(root, d))), split_dirs[0])
         folder: dict[str, str] = {}
         items = []
-        for label, base in rs:
+        for where, label, base in rs:
             if label not in index:
-                raise ListFormatError(f"{fname}: label {label!r} does not occur in train.csv")
+                raise ListFormatError(f"{where}: label {label!r} does not occur in train.csv")
             if label not in folder:
                 alt = label.replace(" ", "_")
                 folder[label] = alt if (not os.path.isdir(os.path.join(root, split_dir, label))
@@ -283,8 +275,7 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
             items.append(VideoItem(f"{split_dir}/{folder[label]}/{base}", index[label]))
         return items
 
-    train = convert(train_rows, ("train",), train_csv)
-    val = convert(val_rows, ("val", "validate"), val_csv)
+    train, val = convert(train_rows, ("train",)), convert(val_rows, ("val", "validate"))
     return _finish("kinetics400", root, out_dir, train, val, classes)
 
 
@@ -298,7 +289,10 @@ def _finish(dataset: str, root: str, out_dir: str | None, train, val, classes, *
             exists = os.path.isfile(os.path.join(root, it.path))
             (kept[name] if exists else missing).append(it if exists else it.path)
     out_dir = root if out_dir is None else out_dir
-    files = _write_outputs(out_dir, kept["train"], kept["val"], classes)
+    files = {k: os.path.join(out_dir, f"{k}.txt") for k in ("train", "val", "classes")}
+    write_list(files["train"], kept["train"])
+    write_list(files["val"], kept["val"])
+    write_classes(files["classes"], classes)
     return {"dataset": dataset, "root": root, "out_dir": out_dir, "num_classes": len(classes),
             "train": len(kept["train"]), "val": len(kept["val"]),
             "listed": len(train) + len(val), "missing": missing, "files": files, **extra}
@@ -350,12 +344,11 @@ def split_labeled(items, *, per_class: int | None = None, fraction: float | None
     if items[0].label < 0:
         raise ValueError(f"negative label {items[0].label} for {items[0].path!r}")
     seen: set[str] = set()
+    groups: dict[int, list[VideoItem]] = defaultdict(list)
     for it in items:
         if it.path in seen:
             raise ValueError(f"duplicate path in list (would leak between splits): {it.path!r}")
         seen.add(it.path)
-    groups: dict[int, list[VideoItem]] = defaultdict(list)
-    for it in items:
         groups[it.label].append(it)
     n, c = len(items), len(groups)
     if category_wise:

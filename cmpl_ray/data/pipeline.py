@@ -85,132 +85,175 @@ def _code(e: BadVideo) -> int:
     return _REASON_TO_CODE.get(getattr(e, "reason", "undecodable"), 3)
 
 
-class ClipDecoder:
-    """Ray Data actor: decodes and augments a batch of (path, label, index) rows.
+def epoch_rows(n_labeled: int, n_unlabeled: int, per_epoch: int, ratio: int, seed: int) -> np.ndarray:
+    """(per_epoch, 1 + ratio) list indices: column 0 a labeled video, the rest ``ratio`` unlabeled ones.
 
-    mode "labeled": ``l_p``/``l_a`` standard views. "unlabeled": ``u_weak_p``, ``u_strong_p``,
-    ``u_weak_a``, ``u_strong_a``. "val": ``v_p``/``v_a`` (views, C, T, S, S) for clips x crops.
+    Each list is laid out as concatenated seeded permutations, so within an epoch every unlabeled video
+    appears once (truncated to whole steps) and the small labeled list cycles evenly.
+    """
+    rng = np.random.default_rng(seed)
+
+    def cycled(n: int, k: int) -> np.ndarray:
+        if n == 0 or k == 0:
+            return np.zeros(k, np.int64)
+        return np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k]
+
+    lab = cycled(n_labeled, per_epoch)[:, None]
+    unl = cycled(n_unlabeled, per_epoch * ratio).reshape(per_epoch, ratio)
+    return np.concatenate([lab, unl], axis=1).astype(np.int64)
+
+
+class ClipDecoder:
+    """Decodes and augments videos into the clips a training step or an evaluation needs.
+
+    mode "train": each input row (``data`` = list indices, see :func:`epoch_rows`) is one labeled video plus
+    ``ratio`` unlabeled ones, so a batch of
+    B_l rows carries B_l labeled and B_u = ratio x B_l unlabeled clips and one dataset feeds the whole step.
+    Outputs ``l_p``/``l_a`` (standard views) and ``u_weak_p``, ``u_strong_p``, ``u_weak_a``, ``u_strong_a``
+    of shape (ratio, C, T, S, S). mode "val": ``v_p``/``v_a`` (views, C, T, S, S) for clips x crops.
     """
 
-    def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0):
+    def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
+                 labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
+                 ratio: int = 0):
         import torch
 
         torch.set_num_threads(1)  # one decode actor = one core; parallelism comes from the pool
         self.mode, self.dc, self.k, self.with_aux = mode, DataConfig(**data_cfg), num_classes, with_aux
         self.rng = np.random.default_rng([seed, os.getpid(), int.from_bytes(os.urandom(4), "little")])
+        self.seed, self.labeled, self.unlabeled = seed, labeled or [], unlabeled or []
+        self.ratio = ratio
         self.t_p = self.dc.raw_clip_len // self.dc.primary_stride
         self.t_a = self.dc.raw_clip_len // self.dc.aux_stride
         self.warned: set[str] = set()
 
-    # -- one sample -------------------------------------------------------------------------------------
-    def _decode_train(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    # -- one video --------------------------------------------------------------------------------------
+    def _decode_train(self, path: str, size: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
         dc = self.dc
         src = _fetch(path)
-        n, fps, _, _ = probe(src)
-        short = n < dc.raw_clip_len
+        n, fps, h, w = probe(src)
         idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
                                             dc.time_offset, self.rng)
-        size = dc.train_short_side[1] if self.mode == "labeled" else dc.crop_size
         idx = np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
-        frames = read_frames(src, idx, short_side=size, timeout_s=dc.decode_timeout_s)  # (T, H, W, 3)
-        fa = frames[len(idx_p):] if self.with_aux else None
-        return frames[: len(idx_p)], fa, short
+        frames = read_frames(src, idx, short_side=size, timeout_s=dc.decode_timeout_s, src_hw=(h, w))  # (T,H,W,3)
+        return frames[: len(idx_p)], (frames[len(idx_p):] if self.with_aux else None), n < dc.raw_clip_len
 
     def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
         import torch
 
         dc = self.dc
         src = _fetch(path)
-        n, _, _, _ = probe(src)
+        n, _, h, w = probe(src)
         starts = eval_clip_starts(n, dc.raw_clip_len, dc.eval_clips)
         ip = [clip_indices(n, s, dc.raw_clip_len, dc.primary_stride) for s in starts]
         ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
         frames = read_frames(src, np.concatenate(ip + ia), short_side=dc.test_short_side,
-                             timeout_s=dc.decode_timeout_s)
+                             timeout_s=dc.decode_timeout_s, src_hw=(h, w))
         out, pos = [], 0
         for group in (ip, ia):
             views = []
             for ind in group:
-                clip = frames[pos: pos + len(ind)]
+                views.append(augment.eval_views(frames[pos: pos + len(ind)], dc.crop_size, dc.eval_crops))
                 pos += len(ind)
-                views.append(augment.eval_views(clip, dc.crop_size, dc.eval_crops))  # (crops, C, T, S, S)
             out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
         return out[0], out[1], n < dc.raw_clip_len
 
-    def _one(self, path: str, label: int) -> tuple[dict[str, np.ndarray] | None, int]:
+    def _views(self, kind: str, path: str, label: int) -> tuple[dict[str, np.ndarray], int]:
+        """Views of one video, or raises BadVideo. kind: labeled | unlabeled | val."""
         dc, rng = self.dc, self.rng
         if not 0 <= label < self.k:
             raise BadVideo("bad_label")
-        if self.mode == "val":
+        if kind == "val":
             vp, va, short = self._decode_val(path)
             return {"v_p": vp, "v_a": va}, LOOPED if short else 0
-        fp, fa, short = self._decode_train(path)
-        code = LOOPED if short else 0
-        if self.mode == "labeled":
-            views = {"l_p": augment.standard(fp, dc.crop_size, tuple(dc.train_short_side), rng)}
-            if fa is not None:
-                views["l_a"] = augment.standard(fa, dc.crop_size, tuple(dc.train_short_side), rng)
-            return {k: v.numpy() for k, v in views.items()}, code
-        views = {"u_weak_p": augment.weak(fp, dc.crop_size, dc.weak_flip, rng),
-                 "u_strong_p": augment.strong(fp, dc.crop_size, dc.weak_flip, rng, dc.randaug_n, dc.randaug_m, dc.cutout)}
-        if fa is not None:
-            views["u_weak_a"] = augment.weak(fa, dc.crop_size, dc.weak_flip, rng)
-            views["u_strong_a"] = augment.strong(fa, dc.crop_size, dc.weak_flip, rng, dc.randaug_n, dc.randaug_m, dc.cutout)
-        return {k: v.numpy() for k, v in views.items()}, code
+        size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
+        fp, fa, short = self._decode_train(path, size)
+        clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
+        if kind == "labeled":
+            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng) for n, c in clips.items()}
+        else:
+            views = {}
+            for n, c in clips.items():
+                views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
+                views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
+                                                        dc.randaug_m, dc.cutout)
+        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
         s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
         v = self.dc.eval_clips * self.dc.eval_crops
         keys = {"labeled": {"l_p": (3, tp, s, s), "l_a": (3, ta, s, s)},
                 "unlabeled": {"u_weak_p": (3, tp, s, s), "u_strong_p": (3, tp, s, s),
                               "u_weak_a": (3, ta, s, s), "u_strong_a": (3, ta, s, s)},
-                "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[self.mode]
+                "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[kind]
         return {k: shp for k, shp in keys.items() if self.with_aux or not k.endswith("_a")}
 
+    def safe_views(self, kind: str, path: str, label: int) -> tuple[dict[str, np.ndarray], bool, int]:
+        """(views, valid, err code): a bad video becomes zero clips + an error code, never an exception."""
+        code = PAD
+        if path:
+            try:
+                views, code = self._views(kind, path, label)
+                if code == LOOPED:
+                    self._warn_once(path, code)
+                return views, True, code
+            except BadVideo as e:
+                code = _code(e)
+            except Exception as e:  # a decoder bug or odd file must not kill the epoch either
+                log.debug("decode failed for %s: %r", path, e)
+                code = 3
+            self._warn_once(path, code)
+        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code
+
+    def _warn_once(self, path: str, code: int) -> None:
+        if path not in self.warned:
+            self.warned.add(path)
+            log.warning("%s video %s: %s", "looping short" if code == LOOPED else "skipping", path, ERR_CODES[code])
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shapes = self._shapes()
-        cols: dict[str, list] = {k: [] for k in shapes}
-        prefix = {"labeled": "l_", "unlabeled": "u_", "val": ""}[self.mode]
-        ys, valid, errs = [], [], []
-        for path, label in zip(batch["path"], batch["label"]):
-            path, label = str(path), int(label)
-            views, code = None, PAD
-            if path:
-                try:
-                    views, code = self._one(path, label)
-                except BadVideo as e:
-                    code = _code(e)
-                except Exception as e:  # a decoder bug or odd file must not kill the epoch either
-                    log.debug("decode failed for %s: %r", path, e)
-                    code = 3
-                if code not in (0, PAD) and path not in self.warned:
-                    self.warned.add(path)
-                    log.warning("%s video %s: %s", "looping short" if code == LOOPED else "skipping", path, ERR_CODES[code])
-            for k, shp in shapes.items():
-                cols[k].append(views[k] if views is not None else np.zeros(shp, np.uint8))
-            ys.append(label if views is not None else 0)
-            valid.append(views is not None)
-            errs.append(code if path else PAD)
+        rows = np.asarray(batch["data"], np.int64).reshape(len(batch["data"]), -1)  # (B, 1 + ratio)
+        cols: dict[str, list] = {}
+        meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
+        if self.unlabeled:
+            meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index")})
+        for row in rows:
+            path, label = self.labeled[row[0]]
+            views, ok, code = self.safe_views("labeled", path, label)
+            for k, v in views.items():
+                cols.setdefault(k, []).append(v)
+            meta["y_l"].append(label if ok else 0), meta["l_valid"].append(ok)
+            meta["l_err"].append(code), meta["l_index"].append(row[0])
+            if not self.unlabeled:
+                continue
+            per: dict[str, list] = {}
+            for ui in row[1: 1 + self.ratio]:
+                path, label = self.unlabeled[ui]
+                views, ok, code = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0)
+                for k, v in views.items():
+                    per.setdefault(k, []).append(v)
+                meta["y_u"].append(label), meta["u_valid"].append(ok)
+                meta["u_err"].append(code), meta["u_index"].append(ui)
+            for k, v in per.items():
+                cols.setdefault(k, []).append(np.stack(v))  # (ratio, C, T, S, S)
         out = {k: np.stack(v) for k, v in cols.items()}
-        yk = {"labeled": "y_l", "unlabeled": "y_u", "val": "y"}[self.mode]
-        out[yk] = np.asarray(ys, np.int64)
-        out[f"{prefix}valid"] = np.asarray(valid, bool)
-        out[f"{prefix}err"] = np.asarray(errs, np.int64)
-        out[f"{prefix}index"] = np.asarray(batch["index"], np.int64)
+        n = len(rows)
+        for k, v in meta.items():
+            arr = np.asarray(v, bool if k.endswith("valid") else np.int64)
+            out[k] = arr.reshape(n, self.ratio) if k.startswith(("u_", "y_u")) else arr
         return out
 
-
-def _meta(items: list[VideoItem], root: str) -> list[dict[str, Any]]:
-    return [{"path": resolve_path(root, it.path), "label": it.label, "index": i} for i, it in enumerate(items)]
-
-
-def _shuffle(ds, seed: int):
-    try:
-        from ray.data._internal.random_config import RandomSeedConfig
-
-        return ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    except (ImportError, TypeError):  # older Ray: unseeded shuffle is still new per epoch
-        return ds.random_shuffle()
+    def decode_val(self, items: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+        """Evaluation views of a few videos (in-process; used by training-time eval and ``cmpl-ray eval``)."""
+        cols: dict[str, list] = {}
+        ys, valid, errs = [], [], []
+        for path, label in items:
+            views, ok, code = self.safe_views("val", path, label)
+            for k, v in views.items():
+                cols.setdefault(k, []).append(v)
+            ys.append(label if ok else 0), valid.append(ok), errs.append(code)
+        out = {k: np.stack(v) for k, v in cols.items()}
+        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64))
+        return out
 
 
 def quiet_data() -> None:
@@ -220,58 +263,65 @@ def quiet_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
-    if hasattr(ctx, "print_on_execution_start"):
-        ctx.print_on_execution_start = False
 
 
-def _decode(ds, mode: str, cfg: Config, num_classes: int, with_aux: bool, actors: int | None = None):
+def _pairs(items: list[VideoItem], root: str) -> list[tuple[str, int]]:
+    return [(resolve_path(root, it.path), it.label) for it in items]
+
+
+def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
+                        world: int, steps: int):
+    """One epoch of rows (steps x B_l x world), each = 1 labeled + ``ratio`` unlabeled videos, iterated once
+    per epoch. Only small index blocks are materialised; their order is re-randomised every epoch (seeded,
+    no all-to-all shuffle tasks) and decoding happens lazily in one actor pool, so memory stays bounded and
+    a single executor owns Ray Data's CPU budget (two concurrent datasets starve each other on a laptop).
+    """
     import ray.data
 
+    quiet_data()
+    semi = cfg.algo.name != "supervised"
+    ratio = cfg.algo.unlabeled_ratio if semi else 0
+    per_epoch = steps * cfg.train.batch_labeled * world
+    rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, per_epoch, ratio, cfg.train.seed)
+    chunk = max(cfg.data.decode_batch, -(-per_epoch // 4000))  # bounded block count on big datasets
+    ds = ray.data.from_numpy([rows[i: i + chunk] for i in range(0, per_epoch, chunk)])  # column "data"
+    try:
+        from ray.data._internal.random_config import RandomSeedConfig
+
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True))
+    except (ImportError, TypeError):  # older Ray: unseeded, still a new order per epoch
+        ds = ds.randomize_block_order()
     return ds.map_batches(
         ClipDecoder,
-        fn_constructor_kwargs={"mode": mode, "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
-                               "with_aux": with_aux, "seed": cfg.train.seed},
+        fn_constructor_kwargs={"mode": "train", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
+                               "with_aux": cfg.uses_aux, "seed": cfg.train.seed,
+                               "labeled": _pairs(labeled, cfg.data.root),
+                               "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None, "ratio": ratio},
         batch_size=cfg.data.decode_batch,
-        compute=ray.data.ActorPoolStrategy(size=actors or cfg.data.decode_actors),
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,
         batch_format="numpy",
     )
 
 
-def build_train_datasets(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
-                         world: int, steps: int) -> dict[str, Any]:
-    """Per-epoch datasets sized exactly steps x batch x world, so every rank gets ``steps`` batches.
-
-    The labeled list is repeated to fill the epoch (it cycles) and both streams are re-shuffled every
-    epoch (seeded, re-seeded per execution) before truncation, so each epoch sees a new order and subset.
-    """
-    import ray.data
-
-    with_aux = cfg.uses_aux
-    n_l = steps * cfg.train.batch_labeled * world
-    reps = -(-n_l // max(1, len(labeled)))
-    meta_l = _meta(labeled, cfg.data.root) * reps
-    quiet_data()
-    out = {"labeled": _decode(_shuffle(ray.data.from_items(meta_l), cfg.train.seed).limit(n_l), "labeled", cfg,
-                              num_classes, with_aux, actors=1)}
-    if cfg.algo.name != "supervised":
-        n_u = steps * cfg.algo.unlabeled_ratio * cfg.train.batch_labeled * world
-        reps_u = -(-n_u // max(1, len(unlabeled)))
-        meta_u = _meta(unlabeled, cfg.data.root) * reps_u
-        out["unlabeled"] = _decode(_shuffle(ray.data.from_items(meta_u), cfg.train.seed + 1).limit(n_u),
-                                   "unlabeled", cfg, num_classes, with_aux)
-    return out
+def val_decoder(cfg: Config, num_classes: int, with_aux: bool) -> ClipDecoder:
+    return ClipDecoder("val", dataclasses.asdict(cfg.data), num_classes, with_aux, seed=cfg.train.seed)
 
 
-def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, world: int = 1, with_aux: bool | None = None):
-    """Validation videos, padded with empty rows to a multiple of ``world`` so an equal split drops none."""
-    import ray.data
+def iter_val_batches(cfg: Config, items: list[VideoItem], num_classes: int, with_aux: bool, rank: int = 0,
+                     world: int = 1, batch_size: int = 2, threads: int = 2):
+    """This rank's share (items[rank::world]) of the validation videos as torch batches, decoded in-process
+    by a small thread pool (decord and torch release the GIL). Evaluation is exact: no padding, no drops."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    meta = _meta(items, cfg.data.root)
-    meta += [{"path": "", "label": 0, "index": -1}] * ((-len(meta)) % world)
-    aux = cfg.uses_aux if with_aux is None else with_aux
-    quiet_data()
-    return _decode(ray.data.from_items(meta), "val", cfg, num_classes, aux, actors=1)
+    import torch
+
+    dec = val_decoder(cfg, num_classes, with_aux)
+    mine = _pairs(items, cfg.data.root)[rank::world]
+    chunks = [mine[i: i + batch_size] for i in range(0, len(mine), batch_size)]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for out in pool.map(dec.decode_val, chunks):
+            yield {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def read_split_lists(cfg: Config) -> tuple[list[VideoItem], list[VideoItem], list[VideoItem]]:

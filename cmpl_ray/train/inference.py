@@ -6,12 +6,11 @@ primary network for the answer, auxiliary reported for analysis).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..config import Config, from_dict
 from ..data.lists import read_list
-from ..data.pipeline import ERR_CODES, ClipDecoder, build_val_dataset
+from ..data.pipeline import ERR_CODES, iter_val_batches, val_decoder
 from . import checkpoint as ckpt
 from .loop import evaluate, normalize, summarize_eval
 from .worker import build_networks
@@ -30,16 +29,13 @@ def load_models(path: str) -> tuple[Config, torch.nn.Module, torch.nn.Module | N
 
 
 def evaluate_checkpoint(path: str, list_path: str, root: str | None = None, batch_size: int = 2) -> dict[str, float]:
-    """Top-1 / top-5 / mean class accuracy of a checkpoint on a list file, decoded by Ray Data."""
-    from .launch import ensure_ray
-
+    """Top-1 / top-5 / mean class accuracy of a checkpoint on a list file (same protocol as training)."""
     cfg, primary, aux, names = load_models(path)
     if root is not None:
         cfg.data.root = root
     items = read_list(list_path)
-    ensure_ray()
-    ds = build_val_dataset(cfg, items, len(names), world=1, with_aux=aux is not None)
-    counts = evaluate(primary, aux, ds.iter_torch_batches(batch_size=batch_size), len(names), torch.device("cpu"))
+    batches = iter_val_batches(cfg, items, len(names), aux is not None, batch_size=batch_size)
+    counts = evaluate(primary, aux, batches, len(names), torch.device("cpu"))
     return summarize_eval(counts, aux is not None)
 
 
@@ -47,10 +43,8 @@ def evaluate_checkpoint(path: str, list_path: str, root: str | None = None, batc
 def predict(path: str, videos: list[str], topk: int = 5) -> list[dict]:
     """Top-k (class name, probability) of the primary network for each video file (decoded in-process)."""
     cfg, primary, _, names = load_models(path)
-    decoder = ClipDecoder("val", cfg.data.__dict__, len(names), with_aux=False, seed=0)
+    batch = val_decoder(cfg, len(names), with_aux=False).decode_val([(v, 0) for v in videos])
     out = []
-    batch = decoder({"path": np.asarray(videos, dtype=object), "label": np.zeros(len(videos), np.int64),
-                     "index": np.arange(len(videos))})
     for i, video in enumerate(videos):
         if not batch["valid"][i]:
             out.append({"video": video, "error": ERR_CODES.get(int(batch["err"][i]), "undecodable")})

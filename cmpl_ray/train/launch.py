@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.pipeline import build_train_datasets, build_val_dataset, class_names, read_split_lists, steps_per_epoch
+from ..data.pipeline import build_train_dataset, class_names, read_split_lists, steps_per_epoch
 from . import tracking
 
 
@@ -69,6 +69,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
 
     from .worker import train_loop_per_worker
 
+    if cfg.data.root and "://" not in cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).resolve())  # workers run in another working directory
     labeled, unlabeled, val = read_split_lists(cfg)
     names = class_names(cfg)
     num_classes = cfg.model.num_classes or len(names)
@@ -78,8 +80,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     world = cfg.train.num_workers
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
     ensure_ray()
-    datasets = build_train_datasets(cfg, labeled, unlabeled, num_classes, world, steps)
-    datasets["val"] = build_val_dataset(cfg, val, num_classes, world)
+    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps)}
 
     out_dir = str(Path(cfg.run.output_dir).resolve())
     os.makedirs(out_dir, exist_ok=True)
@@ -103,7 +104,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
 
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir,
-                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
+                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled],
+                             "val": [(it.path, it.label) for it in val]}}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -117,7 +119,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     t0 = time.perf_counter()
     result = trainer.fit()

@@ -116,8 +116,8 @@ def train_one_epoch(
     t0 = time.perf_counter()
     window_t, window_clips = t0, 0
     for i, batch in enumerate(batches):
-        if i >= steps:
-            break
+        if i >= steps:  # keep draining: a streaming split ends its epoch only when fully consumed
+            continue
         _collect_bad(batch, res)
         step = global_step + res.steps + res.skipped_steps
         lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr)

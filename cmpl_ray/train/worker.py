@@ -23,7 +23,8 @@ import ray.train
 import ray.train.torch
 
 from ..config import Config, from_dict, save_config
-from ..data.pipeline import ERR_CODES, LOOPED, PAD
+from ..data.lists import VideoItem
+from ..data.pipeline import ERR_CODES, iter_val_batches
 from ..models import build_model
 from . import checkpoint as ckpt
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
@@ -66,21 +67,18 @@ def _gather(obj: Any) -> list[Any]:
     return [obj]
 
 
-def _train_batches(labeled, unlabeled, cfg: Config):
-    """Zip the labeled and unlabeled shards into steps of B_l + B_u clips (both sized for the same steps)."""
-    b_l = cfg.train.batch_labeled
-    lab = labeled.iter_torch_batches(batch_size=b_l, drop_last=True, prefetch_batches=2)
-    if unlabeled is None:
-        yield from lab
-        return
-    unl = unlabeled.iter_torch_batches(batch_size=b_l * cfg.algo.unlabeled_ratio, drop_last=True, prefetch_batches=2)
-    for lb, ub in zip(lab, unl):
-        lb.update(ub)
-        yield lb
-    for _ in unl:  # drain: streaming_split ends an epoch only when every rank consumed its shard
-        pass
-    for _ in lab:
-        pass
+def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rows carry (ratio, ...) unlabeled clips each: (B_l, ratio, ...) -> (B_u, ...)."""
+    for k in list(batch):
+        if k.startswith("u_") or k == "y_u":
+            batch[k] = batch[k].flatten(0, 1)
+    return batch
+
+
+def _epoch_batches(shard, batch_size: int):
+    """One epoch of the shard (exactly ``steps`` batches: the dataset holds steps x B_l x world rows)."""
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+        yield _flatten_unlabeled(batch)
 
 
 def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool) -> None:
@@ -148,17 +146,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             done = step - start_epoch * steps
             eta = (time.perf_counter() - t_run) / max(1, done) * (total_steps - step)
-            print(f"[cmpl-ray] epoch {step // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
+            print(f"[cmpl-ray] epoch {(step - 1) // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
                   f"loss {stats.get('loss', float('nan')):.4f} lr {stats['lr']:.4g} "
                   f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min", flush=True)
 
-    labeled = ray.train.get_dataset_shard("labeled")
-    unlabeled = ray.train.get_dataset_shard("unlabeled") if cfg.algo.name != "supervised" else None
-    val = ray.train.get_dataset_shard("val")
+    shard = ray.train.get_dataset_shard("train")  # steps x B_l rows per rank per epoch
+    val_items = [VideoItem(p, y) for p, y in config["lists"]["val"]]
+    semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
     for epoch in range(start_epoch, cfg.train.epochs):
-        res = train_one_epoch(primary, aux, optimizer, _train_batches(labeled, unlabeled, cfg), cfg, epoch=epoch,
+        res = train_one_epoch(primary, aux, optimizer, _epoch_batches(shard, cfg.train.batch_labeled), cfg, epoch=epoch,
                               steps=steps, global_step=global_step, total_steps=total_steps, device=device,
                               scaler=scaler, log_fn=log_step)
         global_step += res.steps + res.skipped_steps
@@ -175,14 +173,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     lst = config["lists"]["labeled" if stream == "l" else "unlabeled"]
                     print(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: "
                           f"{ERR_CODES.get(code, code)}", flush=True)
-        if sum(g[2] for g in gathered) > 0 and len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (
-                1 + (cfg.algo.unlabeled_ratio if unlabeled is not None else 0)):
+        if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
             raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
         metrics = {f"train_{k}": v for k, v in res.means.items()}
         metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total,
                        looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            counts = _all_reduce_counts(evaluate(primary, aux, val.iter_torch_batches(batch_size=2), num_classes, device))
+            batches = iter_val_batches(cfg, val_items, num_classes, aux is not None, rank, world,
+                                       threads=max(1, int(cfg.train.cpus_per_worker)))
+            counts = _all_reduce_counts(evaluate(primary, aux, batches, num_classes, device))
             ev = summarize_eval(counts, aux is not None)
             best = max(best, ev["val_top1"])
             metrics.update(ev)
