@@ -128,7 +128,8 @@ def cmd_predict(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data import commands as data_commands
 
-    parser = argparse.ArgumentParser(prog="cmpl-ray", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="cmpl-ray", description="Cross-Model Pseudo-Labeling for semi-supervised action recognition on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="synthetic videos -> CMPL training on a local Ray -> MLflow (the quick start)")

@@ -56,8 +56,8 @@ def test_synth_root_layout_and_decoding(synth_root):
 
 def test_decoded_matches_rendered(synth_root):
     """The mp4 holds what was rendered (codec loss ~ sensor-noise level)."""
-    frames, _ = _decode(os.path.join(synth_root, "videos/move_left/3.mp4"))
-    rendered, _ = render_clip("move_left", np.random.default_rng([0, 2, 3]), 32, 40)
+    frames, _ = _decode(os.path.join(synth_root, "videos/move_down/3.mp4"))
+    rendered, _ = render_clip("move_down", np.random.default_rng([0, 2, 3]), 32, 40)
     assert np.abs(frames.astype(int) - rendered).mean() < 8
 
 
@@ -70,7 +70,7 @@ def test_deterministic_for_seed(tmp_path):
     make_synthetic_dataset(str(tmp_path / "a"), seed=5, **kw)
     make_synthetic_dataset(str(tmp_path / "b"), seed=5, **kw)
     make_synthetic_dataset(str(tmp_path / "c"), seed=6, **kw)
-    for rel in ("videos/move_right/0.mp4", "videos/square/0.mp4"):
+    for rel in ("videos/move_up/0.mp4", "videos/square/0.mp4"):
         a, b, c = (_decode(str(tmp_path / d / rel))[0] for d in "abc")
         assert np.array_equal(a, b) and not np.array_equal(a, c)
     f1, m1 = render_clip("ring", np.random.default_rng(1), 8, 32)

@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, global_step, history, best = 0, 0, [], -1.0
-    skipped_total, looped_total, bad_files = 0, 0, {}
+    skipped_total, looped_total, bad_files, restarts = 0, 0, {}, 0
     resume = ray.train.get_checkpoint()
     state = None
     if resume is not None:
@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history, best = extra.get("history", []), extra.get("best", -1.0)
         skipped_total, looped_total = extra.get("skipped_total", 0), extra.get("looped_total", 0)
         bad_files = extra.get("bad_files", {})
+        restarts = extra.get("restarts", 0) + (1 if resume is not None else 0)
         if rank == 0:
             print(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})", flush=True)
 
@@ -195,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 extra = {"history": history, "best": best, "skipped_total": skipped_total,
-                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names}
+                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts}
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -210,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out = config["output_dir"]
         os.makedirs(out, exist_ok=True)
         final = {k: history[-1][k] for k in history[-1]} if history else {}
-        final.update(epochs=cfg.train.epochs, skipped_samples=skipped_total, looped_samples=looped_total,
+        final.update(epochs=cfg.train.epochs, skipped_samples=skipped_total, looped_samples=looped_total, restarts=restarts,
                      bad_files=bad_files, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
                      world_size=world, history=history)
         write_metrics_json(os.path.join(out, "metrics.json"), final)
