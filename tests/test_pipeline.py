@@ -124,3 +124,16 @@ def test_streamed_epochs_two_workers(synth_root, local_ray):
                    for e in range(2)]
     expected = steps * 2 * 2 * world  # steps x B_u x world
     assert len(per_epoch_u[0]) == expected and len(set(per_epoch_u[0])) == expected  # no duplicates in an epoch
+
+
+def test_all_unreadable_list_fails_fast_with_a_clear_error(tmp_path):
+    from cmpl_ray.train.launch import preflight
+
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"\x00" * 100 * i)
+    cfg = load_config("demo", overrides=[f"data.root={tmp_path}"])
+    items = [VideoItem(f"v{i}.mp4", 0) for i in range(3)] + [VideoItem("gone.mp4", 0)]
+    with pytest.raises(RuntimeError, match="data.unlabeled_list: none of 4 sampled videos could be opened"):
+        preflight(cfg, items, "unlabeled_list")
+    with pytest.raises(ValueError, match="data.labeled_list: the list is empty"):
+        preflight(cfg, [], "labeled_list")

@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""Compare supervised, FixMatch and CMPL on few labels over several seeds with the real trainer.
+
+Every run goes through :func:`cmpl_ray.train.launch.run_training` (Ray Train + Ray Data + MLflow), inside ONE
+local Ray session (``ensure_ray``). For each seed the training list is split with
+``split_labeled(per_class=--labels-per-class, seed=seed)`` into ``<out>/splits/s<seed>/{labeled,unlabeled}.txt``;
+all algorithms of a seed share that split, so the margins compare algorithms, not splits.
+
+Examples::
+
+    # synthetic set (written to <out>/data first), demo recipe, seeds 0 1 2
+    python scripts/compare_algorithms.py --synth --out outputs/compare
+    # any dataset
+    python scripts/compare_algorithms.py --root /data/ucf101 --train-list /data/ucf101/train.txt \\
+        --val-list /data/ucf101/val.txt --classes /data/ucf101/classes.txt --labels-per-class 3 \\
+        --preset ucf101-1pct-r18 --out outputs/ucf-compare
+    # Appendix A pseudo-label schemes as extra CMPL rows
+    python scripts/compare_algorithms.py --synth --schemes cross self_first maximum
+
+Writes ``<out>/results.csv`` (one row per run), ``<out>/results.md`` (mean +- std of top-1 per algorithm,
+per-seed values, margins CMPL - FixMatch and FixMatch - supervised against the seed spread) and
+``<out>/comparison.png``; prints the table at the end. A failed run is recorded (val_top1 empty, error column)
+and the study goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+FIELDS = ["algo", "seed", "val_top1", "val_top5", "mean_class", "aux_val_top1", "minutes", "error"]
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n-1; 0 for one value) of the finite values."""
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _label(algo: str, scheme: str, n_schemes: int) -> str:
+    return f"cmpl-{scheme}" if algo == "cmpl" and n_schemes > 1 else algo
+
+
+def _paired(rows: list[dict], a: str, b: str) -> list[float]:
+    """Per-seed differences a - b over the seeds where both ran."""
+    by = {(r["algo"], r["seed"]): r["val_top1"] for r in rows if r["val_top1"] is not None}
+    seeds = sorted({r["seed"] for r in rows})
+    return [by[(a, s)] - by[(b, s)] for s in seeds if (a, s) in by and (b, s) in by]
+
+
+def results_markdown(rows: list[dict], title: str, notes: list[str] | None = None) -> str:
+    """Markdown summary: per-algorithm mean +- std, per-seed values, margins vs the seed spread."""
+    algos = list(dict.fromkeys(r["algo"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    by = {(r["algo"], r["seed"]): r for r in rows}
+    out = [f"# {title}", ""]
+    out += [f"- {n}" for n in (notes or [])]
+    if notes:
+        out.append("")
+    head = ["algo", "top-1 mean +- std"] + [f"seed {s}" for s in seeds] + ["top-5 mean", "mean-class mean",
+                                                                          "aux top-1 mean", "min/run"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    stats = {}
+    for a in algos:
+        top1 = [by[(a, s)]["val_top1"] for s in seeds if (a, s) in by and by[(a, s)]["val_top1"] is not None]
+        m, sd = _mean_std(top1)
+        stats[a] = (m, sd)
+        cells = [a, f"{m:.2f} +- {sd:.2f}"]
+        for s in seeds:
+            r = by.get((a, s))
+            cells.append("-" if r is None else ("failed" if r["val_top1"] is None else f"{r['val_top1']:.2f}"))
+        for key in ("val_top5", "mean_class", "aux_val_top1"):
+            v, _ = _mean_std([by[(a, s)][key] for s in seeds if (a, s) in by and by[(a, s)][key] is not None])
+            cells.append("-" if math.isnan(v) else f"{v:.2f}")
+        mins, _ = _mean_std([by[(a, s)]["minutes"] for s in seeds if (a, s) in by])
+        cells.append(f"{mins:.1f}")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Margins (top-1 points). `seed spread` = the larger std of the two algorithms; a margin counts "
+               "as real when it exceeds it (and, paired by seed, every per-seed difference has the same sign).")
+    out.append("")
+    out += ["| margin | mean diff | per-seed diffs (paired) | seed spread | > spread? |", "|---|---|---|---|---|"]
+    cmpl_rows = [a for a in algos if a.startswith("cmpl")]
+    pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
+    for a, b in pairs:
+        if a not in stats or b not in stats:
+            continue
+        diff = stats[a][0] - stats[b][0]
+        spread = max(stats[a][1], stats[b][1])
+        per = _paired(rows, a, b)
+        same_sign = bool(per) and (all(d > 0 for d in per) or all(d < 0 for d in per))
+        verdict = "yes" if abs(diff) > spread and same_sign else "no"
+        out.append(f"| {a} - {b} | {diff:+.2f} | {', '.join(f'{d:+.1f}' for d in per) or '-'} | {spread:.2f} | "
+                   f"{verdict} |")
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(out: Path, rows: list[dict], title: str, notes: list[str]) -> str:
+    from cmpl_ray.train.plots import plot_comparison
+
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]))
+                        for k in FIELDS})
+    md = results_markdown(rows, title, notes)
+    (out / "results.md").write_text(md)
+    table: dict[str, list[float]] = {}
+    for r in rows:
+        table.setdefault(r["algo"], [])
+        if r["val_top1"] is not None:
+            table[r["algo"]].append(r["val_top1"])
+    plot_comparison(table, str(out / "comparison.png"), title)
+    return md
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("dataset (either --synth or --root/--train-list/--val-list)")
+    d.add_argument("--synth", action="store_true", help="generate the synthetic set under <out>/data first "
+                   "(reused if already there)")
+    d.add_argument("--root", help="dataset root (list paths are relative to it)")
+    d.add_argument("--train-list", help="list of all training videos (split per seed into labeled/unlabeled)")
+    d.add_argument("--val-list", help="validation list")
+    d.add_argument("--classes", default=None,
+                   help="with --synth: number of classes (default 8); otherwise: classes.txt "
+                        "(default: classes.txt beside --train-list)")
+    d.add_argument("--per-class", type=int, default=24, help="--synth: training videos per class (default 24)")
+    d.add_argument("--val-per-class", type=int, default=None,
+                   help="--synth: validation videos per class (default per_class // 4)")
+    d.add_argument("--synth-seed", type=int, default=0, help="--synth: generator seed (the data, not the runs)")
+    p.add_argument("--labels-per-class", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--algos", nargs="+", default=["supervised", "fixmatch", "cmpl"],
+                   choices=["supervised", "fixmatch", "cmpl"])
+    p.add_argument("--schemes", nargs="+", default=["cross"],
+                   choices=["cross", "self_first", "opposite_first", "maximum", "average"],
+                   help="CMPL pseudo-label schemes (Appendix A); more than one adds a cmpl-<scheme> row each")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--config", default=None, help="YAML file applied after the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run (repeatable)")
+    p.add_argument("--out", default="outputs/compare")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the runs to MLflow")
+    a = p.parse_args(argv)
+    if a.synth:
+        if a.root or a.train_list or a.val_list:
+            p.error("--synth generates its own data: do not also pass --root/--train-list/--val-list")
+        try:
+            a.num_classes = int(a.classes) if a.classes else 8
+        except ValueError:
+            p.error(f"--classes with --synth is a number of classes, got {a.classes!r}")
+    elif not (a.root and a.train_list and a.val_list):
+        p.error("give --synth, or all of --root, --train-list and --val-list")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    from cmpl_ray.config import load_config
+    from cmpl_ray.data.lists import read_list, split_labeled, write_list
+    from cmpl_ray.train.launch import ensure_ray, run_training
+
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if a.synth:
+        from cmpl_ray.data.synth import make_synthetic_dataset
+
+        root = out / "data"
+        if not (root / "train.txt").exists():
+            t0 = time.perf_counter()
+            make_synthetic_dataset(str(root), num_classes=a.num_classes, per_class=a.per_class,
+                                   seed=a.synth_seed, val_per_class=a.val_per_class)
+            print(f"[compare] synthetic set written to {root} in {time.perf_counter() - t0:.1f} s", flush=True)
+        root, train_list, val_list, classes = str(root), str(root / "train.txt"), str(root / "val.txt"), \
+            str(root / "classes.txt")
+    else:
+        root, train_list, val_list = a.root, a.train_list, a.val_list
+        classes = a.classes or os.path.join(os.path.dirname(train_list) or ".", "classes.txt")
+    items = read_list(train_list)
+
+    # validate the whole grid's configs before spending minutes on the first run
+    runs = []
+    for seed in a.seeds:
+        for algo in a.algos:
+            for scheme in (a.schemes if algo == "cmpl" else ["-"]):
+                runs.append((seed, algo, scheme))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ensure_ray(a.num_cpus)
+    rows: list[dict] = []
+    title = (f"{Path(root).name}: {a.labels_per_class} labels/class, preset {a.preset}, "
+             f"seeds {' '.join(map(str, a.seeds))}")
+    notes = [f"preset `{a.preset}`" + (f" + `{a.config}`" if a.config else "")
+             + (f", overrides `{' '.join(a.overrides)}`" if a.overrides else ""),
+             f"data: root `{root}`, train `{train_list}`, val `{val_list}`; "
+             f"{a.labels_per_class} labeled videos per class (split per seed)"]
+    t_all = time.perf_counter()
+    for seed, algo, scheme in runs:
+        split_dir = out / "splits" / f"s{seed}"
+        lab_path, unl_path = split_dir / "labeled.txt", split_dir / "unlabeled.txt"
+        if not lab_path.exists():
+            labeled, unlabeled = split_labeled(items, per_class=a.labels_per_class, seed=seed)
+            write_list(str(lab_path), labeled)
+            write_list(str(unl_path), unlabeled)
+        label = _label(algo, scheme, len(a.schemes))
+        name = f"cmp-{stamp}-{label}-s{seed}"  # fresh name: never resumes an earlier study's checkpoint
+        overrides = [f"data.root={root}", f"data.labeled_list={lab_path}", f"data.unlabeled_list={unl_path}",
+                     f"data.val_list={val_list}", f"data.classes_file={classes}"] + list(a.overrides) + [
+                     f"algo.name={algo}", f"train.seed={seed}", f"run.name={name}",
+                     f"run.output_dir={out / 'runs' / f'{label}-s{seed}'}",
+                     f"run.storage_path={out / 'ray_results'}", "run.resume="]
+        if algo == "cmpl":
+            overrides.append(f"algo.scheme={scheme}")
+        if a.no_tracking:
+            overrides.append("tracking.enabled=false")
+        cfg = load_config(a.preset, a.config, overrides)
+        print(f"[compare] ({len(rows) + 1}/{len(runs)}) {label} seed {seed}", flush=True)
+        t0 = time.perf_counter()
+        row = {"algo": label, "seed": seed, "val_top1": None, "val_top5": None, "mean_class": None,
+               "aux_val_top1": None, "minutes": None, "error": ""}
+        try:
+            m = run_training(cfg, extra_tags={"cmpl.study": f"compare-{stamp}", "cmpl.algo_label": label})
+            row.update(val_top1=float(m["val_top1"]), val_top5=float(m.get("val_top5", float("nan"))),
+                       mean_class=float(m.get("val_mean_class_acc", float("nan"))),
+                       aux_val_top1=float(m["aux_val_top1"]) if "aux_val_top1" in m else None)
+        except Exception as e:  # one failed run must not lose the others
+            traceback.print_exc()
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        row["minutes"] = (time.perf_counter() - t0) / 60
+        rows.append(row)
+        write_outputs(out, rows, title, notes)  # partial results survive an interrupted study
+    md = write_outputs(out, rows, title, notes)
+    print(md, flush=True)
+    print(f"[compare] {len(rows)} runs in {(time.perf_counter() - t_all) / 60:.1f} min; wrote {out}/results.csv, "
+          f"results.md, comparison.png", flush=True)
+    return 0 if all(r["val_top1"] is not None for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
