@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -32,6 +33,12 @@ from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .tracking import Tracker, write_metrics_json
 
 log = logging.getLogger("cmpl_ray.train")
+
+
+def say(msg: str) -> None:
+    """Progress line on stdout. Not print(): Ray Train V2 patches print into its logger, which shows it twice."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
 
 
 def build_networks(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -125,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         bad_files = extra.get("bad_files", {})
         restarts = extra.get("restarts", 0) + (1 if resume is not None else 0)
         if rank == 0:
-            print(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})", flush=True)
+            say(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})")
 
     primary = ray.train.torch.prepare_model(primary)
     if aux is not None:
@@ -147,9 +154,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             done = step - start_epoch * steps
             eta = (time.perf_counter() - t_run) / max(1, done) * (total_steps - step)
-            print(f"[cmpl-ray] epoch {(step - 1) // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
+            say(f"[cmpl-ray] epoch {(step - 1) // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
                   f"loss {stats.get('loss', float('nan')):.4f} lr {stats['lr']:.4g} "
-                  f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min", flush=True)
+                  f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min")
 
     shard = ray.train.get_dataset_shard("train")  # steps x B_l rows per rank per epoch
     val_items = [VideoItem(p, y) for p, y in config["lists"]["val"]]
@@ -172,8 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 bad_files[key] = ERR_CODES.get(code, str(code))
                 if rank == 0:
                     lst = config["lists"]["labeled" if stream == "l" else "unlabeled"]
-                    print(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: "
-                          f"{ERR_CODES.get(code, code)}", flush=True)
+                    say(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: "
+                        f"{ERR_CODES.get(code, code)}")
         if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
             raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
         metrics = {f"train_{k}": v for k, v in res.means.items()}
@@ -201,10 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 if rank == 0 and counts is not None and "val_top1" in metrics:
-                    print(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
+                    say(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
                           f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
                           + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
-                          + f" | skipped {skipped_total}", flush=True)
+                        + f" | skipped {skipped_total}")
             ray.train.report(metrics, checkpoint=checkpoint)
 
     if rank == 0:
