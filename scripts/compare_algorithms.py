@@ -100,7 +100,10 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
         spread = max(stats[a][1], stats[b][1])
         per = _paired(rows, a, b)
         same_sign = bool(per) and (all(d > 0 for d in per) or all(d < 0 for d in per))
-        verdict = "yes" if abs(diff) > spread and same_sign else "no"
+        if len(per) < 2:
+            verdict = "n/a (needs >= 2 seeds)"
+        else:
+            verdict = "yes" if abs(diff) > spread and same_sign else "no"
         out.append(f"| {a} - {b} | {diff:+.2f} | {', '.join(f'{d:+.1f}' for d in per) or '-'} | {spread:.2f} | "
                    f"{verdict} |")
     return "\n".join(out) + "\n"
@@ -124,6 +127,43 @@ def write_outputs(out: Path, rows: list[dict], title: str, notes: list[str]) -> 
             table[r["algo"]].append(r["val_top1"])
     plot_comparison(table, str(out / "comparison.png"), title)
     return md
+
+
+def _drop_empty_val_views() -> None:
+    """Workaround, run in every Ray worker process: ``ClipDecoder.decode_val`` returns ``v_a`` as an object
+    array of ``None`` when there is no auxiliary network (supervised / fixmatch), and ``iter_val_batches``
+    then fails in ``torch.from_numpy`` at the first evaluation. Drop such entries. Harmless once
+    ``cmpl_ray/data/pipeline.py`` is fixed (nothing is dropped then)."""
+    import numpy as np
+
+    from cmpl_ray.data import pipeline
+
+    orig = pipeline.ClipDecoder.decode_val
+    if getattr(orig, "_compare_patched", False):
+        return
+
+    def decode_val(self, items):
+        out = orig(self, items)
+        return {k: v for k, v in out.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
+
+    decode_val._compare_patched = True
+    pipeline.ClipDecoder.decode_val = decode_val
+
+
+def start_ray(num_cpus: int | None) -> None:
+    """One local Ray for the whole study (as ``ensure_ray``), with the val-view workaround in every worker."""
+    import ray
+
+    from cmpl_ray.train.launch import ensure_ray
+
+    _drop_empty_val_views()
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        kwargs = {"include_dashboard": False, "log_to_driver": True,
+                  "runtime_env": {"worker_process_setup_hook": _drop_empty_val_views}}
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(**kwargs)
+    ensure_ray(num_cpus)  # no-op when started above; connects to RAY_ADDRESS otherwise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     from cmpl_ray.config import load_config
     from cmpl_ray.data.lists import read_list, split_labeled, write_list
-    from cmpl_ray.train.launch import ensure_ray, run_training
+    from cmpl_ray.train.launch import run_training
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             for scheme in (a.schemes if algo == "cmpl" else ["-"]):
                 runs.append((seed, algo, scheme))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    ensure_ray(a.num_cpus)
+    start_ray(a.num_cpus)
     rows: list[dict] = []
     title = (f"{Path(root).name}: {a.labels_per_class} labels/class, preset {a.preset}, "
              f"seeds {' '.join(map(str, a.seeds))}")

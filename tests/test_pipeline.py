@@ -140,3 +140,11 @@ def test_all_unreadable_list_fails_fast_with_a_clear_error(tmp_path):
         preflight(cfg, items, "unlabeled_list")
     with pytest.raises(ValueError, match="data.labeled_list: the list is empty"):
         preflight(cfg, [], "labeled_list")
+
+
+def test_val_batches_without_auxiliary(synth_root):
+    cfg = small_cfg(synth_root, **{"algo.name": "fixmatch"})
+    items = read_list(os.path.join(synth_root, "val.txt"))[:3]
+    batches = list(iter_val_batches(cfg, items, 4, with_aux=False, batch_size=2))
+    assert [tuple(b["v_p"].shape) for b in batches] == [(2, 2, 3, 4, 32, 32), (1, 2, 3, 4, 32, 32)]
+    assert all("v_a" not in b for b in batches)

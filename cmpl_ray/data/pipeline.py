@@ -165,7 +165,8 @@ class ClipDecoder:
             raise BadVideo("bad_label")
         if kind == "val":
             vp, va, short = self._decode_val(path)
-            return {"v_p": vp, "v_a": va}, LOOPED if short else 0
+            views = {"v_p": vp} if va is None else {"v_p": vp, "v_a": va}
+            return views, LOOPED if short else 0
         size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
         fp, fa, short = self._decode_train(path, size)
         clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}

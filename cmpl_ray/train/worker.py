@@ -186,7 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {f"train_{k}": v for k, v in res.means.items()}
         metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total,
                        looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+        evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
+        if evaluated:
             batches = iter_val_batches(cfg, val_items, num_classes, aux is not None, rank, world,
                                        threads=max(1, int(cfg.train.cpus_per_worker)))
             counts = _all_reduce_counts(evaluate(primary, aux, batches, num_classes, device))
@@ -197,7 +198,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.setdefault("val_top1", history[-1].get("val_top1", 0.0) if history else 0.0)
         history.append({k: float(v) for k, v in metrics.items()})
         if tracker is not None:
-            tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "global_step")}, global_step)
+            # val_top1 is carried in non-eval epochs only for Ray's checkpoint ranking: do not log it again
+            tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "global_step")
+                                 and (evaluated or not k.startswith(("val_", "aux_val_")))}, global_step)
             tracker.flush()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -207,7 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                if rank == 0 and counts is not None and "val_top1" in metrics:
+                if evaluated:
                     say(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
                           f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
                           + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
