@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="demo_data", help="where the synthetic set is written (reused if present)")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--per-class", type=int, default=24, help="training videos per class (plus validation)")
-    p.add_argument("--labels-per-class", type=int, default=3)
+    p.add_argument("--labels-per-class", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)

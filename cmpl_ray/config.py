@@ -154,9 +154,11 @@ class AlgoConfig:
     """Keep L_u^A, the auxiliary's loss on the primary's pseudo-labels (Table 6)."""
     unsup_warmup_epochs: float = 0.0
     """Linear ramp of lambda from 0 over this many epochs: pseudo-labels of an untrained net are noise."""
-    bn_mode: str = "concat"
+    bn_mode: str = "clean"
     """BatchNorm statistics: concat = one forward per network over labeled+weak+strong clips (shared
-    batch statistics, FixMatch's choice); separate = one forward per view."""
+    batch statistics, FixMatch's choice); separate = one forward per view; clean = one forward over
+    labeled+weak, then the strong views with their own batch statistics kept out of the running averages
+    (evaluation then normalises with statistics of un-distorted clips)."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGOS, "algo.name", f"must be one of {ALGOS}, got {self.name!r}")
@@ -166,7 +168,8 @@ class AlgoConfig:
         _check(isinstance(self.unlabeled_ratio, int) and self.unlabeled_ratio >= 1, "algo.unlabeled_ratio",
                f"must be a positive int, got {self.unlabeled_ratio}")
         _check(self.unsup_warmup_epochs >= 0, "algo.unsup_warmup_epochs", f"must be >= 0, got {self.unsup_warmup_epochs}")
-        _check(self.bn_mode in ("concat", "separate"), "algo.bn_mode", f"must be concat or separate, got {self.bn_mode!r}")
+        _check(self.bn_mode in ("concat", "separate", "clean"), "algo.bn_mode",
+               f"must be concat, separate or clean, got {self.bn_mode!r}")
 
 
 @dataclass

@@ -171,3 +171,19 @@ def test_table6_switches_drop_aux_terms():
     loss_no_ua, _ = compute_objective(f, a, _batch(), algo="cmpl", threshold=0.4, lambda_u=1.0, aux_unsupervised=False)
     assert loss_full.item() - loss_no_sa.item() == pytest.approx(st["loss_s_a"].item(), rel=1e-5)
     assert loss_full.item() - loss_no_ua.item() == pytest.approx(st["loss_u_a"].item(), rel=1e-5)
+
+
+def test_bn_clean_keeps_strong_views_out_of_running_stats():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    ref = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    ref.load_state_dict(net.state_dict())
+    lab, weak, strong = torch.randn(2, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4) * 50 + 100
+    from cmpl_ray.algorithm import _forward_views
+
+    out = _forward_views(net, [lab, weak, strong], "clean")
+    ref(torch.cat([lab, weak]))
+    assert torch.allclose(net[0].running_mean, ref[0].running_mean)  # strong (mean ~100) left no trace
+    assert torch.allclose(net[0].running_var, ref[0].running_var)
+    assert net[0].momentum == ref[0].momentum  # restored
+    assert [o.shape[0] for o in out] == [2, 3, 3] and not out[1].requires_grad and out[2].requires_grad

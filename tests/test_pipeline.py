@@ -148,3 +148,25 @@ def test_val_batches_without_auxiliary(synth_root):
     batches = list(iter_val_batches(cfg, items, 4, with_aux=False, batch_size=2))
     assert [tuple(b["v_p"].shape) for b in batches] == [(2, 2, 3, 4, 32, 32), (1, 2, 3, 4, 32, 32)]
     assert all("v_a" not in b for b in batches)
+
+
+def test_val_dataset_streamed_to_two_ranks_is_exact(synth_root, local_ray):
+    from cmpl_ray.data.pipeline import build_val_dataset
+
+    cfg = small_cfg(synth_root)
+    items = read_list(os.path.join(synth_root, "val.txt"))[:7]  # odd: one padding row evens the split
+    shards = build_val_dataset(cfg, items, 4, world=2, with_aux=True).streaming_split(2, equal=True)
+    got = {}
+
+    def consume(rank):
+        got[rank] = list(shards[rank].iter_torch_batches(batch_size=2))
+
+    threads = [threading.Thread(target=consume, args=(r,)) for r in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
+    rows = [(int(i), bool(v), int(e)) for r in range(2) for b in got[r]
+            for i, v, e in zip(b["index"], b["valid"], b["err"])]
+    assert sorted(i for i, v, _ in rows if v) == list(range(7))  # every video once, none dropped
+    assert [(v, e) for i, v, e in rows if i == -1] == [(False, 98)]  # exactly one padding row
+    b = got[0][0]
+    assert tuple(b["v_p"].shape[1:]) == (2, 3, 4, 32, 32) and tuple(b["v_a"].shape[1:]) == (2, 3, 8, 32, 32)

@@ -47,7 +47,7 @@ def make_cfg(synth_root, splits, out, **over):
         "data.classes_file": f"{synth_root}/classes.txt", "data.crop_size": 32, "data.train_short_side": "[32, 40]",
         "data.test_short_side": 32, "data.raw_clip_len": 16, "data.eval_clips": 2, "data.eval_crops": 1,
         "data.decode_batch": 2, "data.cpus_per_decoder": 0.25, "train.batch_labeled": 2, "algo.unlabeled_ratio": 2,
-        "train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.epochs": 2, "train.log_every": 1,
+        "train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.epochs": 2, "train.log_every": 1, "train.eval_every": 1,
         "run.output_dir": f"{out}/out", "run.storage_path": f"{out}/ray_results", "run.name": "e2e",
         "tracking.uri": f"sqlite:///{out}/mlflow.db", "algo.threshold": 0.3, "train.steps_per_epoch": 0,
         "algo.unsup_warmup_epochs": 0, "optim.warmup_epochs": 0,

@@ -212,6 +212,10 @@ class ClipDecoder:
             log.warning("%s video %s: %s", "looping short" if code == LOOPED else "skipping", path, ERR_CODES[code])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.mode == "val":  # rows: path, label, index ("" = padding row)
+            out = self.decode_val([(str(p), int(y)) for p, y in zip(batch["path"], batch["label"])])
+            out["index"] = np.asarray(batch["index"], np.int64)
+            return out
         rows = np.asarray(batch["data"], np.int64).reshape(len(batch["data"]), -1)  # (B, 1 + ratio)
         cols: dict[str, list] = {}
         meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
@@ -305,14 +309,34 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
     )
 
 
+def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, world: int, with_aux: bool):
+    """Validation videos decoded by Ray Data, padded with empty rows (err = padding) to a multiple of
+    ``world`` so an equal ``streaming_split`` drops none: evaluation over all ranks is exact. It only runs
+    between training epochs, when the training stream's actors are gone, so the two never compete."""
+    import ray.data
+
+    quiet_data()
+    rows = [{"path": p, "label": y, "index": i} for i, (p, y) in enumerate(_pairs(items, cfg.data.root))]
+    rows += [{"path": "", "label": 0, "index": -1}] * ((-len(rows)) % world)
+    return ray.data.from_items(rows).map_batches(
+        ClipDecoder,
+        fn_constructor_kwargs={"mode": "val", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
+                               "with_aux": with_aux, "seed": cfg.train.seed},
+        batch_size=2,
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
+        num_cpus=cfg.data.cpus_per_decoder,
+        batch_format="numpy",
+    )
+
+
 def val_decoder(cfg: Config, num_classes: int, with_aux: bool) -> ClipDecoder:
     return ClipDecoder("val", dataclasses.asdict(cfg.data), num_classes, with_aux, seed=cfg.train.seed)
 
 
 def iter_val_batches(cfg: Config, items: list[VideoItem], num_classes: int, with_aux: bool, rank: int = 0,
                      world: int = 1, batch_size: int = 2, threads: int = 2):
-    """This rank's share (items[rank::world]) of the validation videos as torch batches, decoded in-process
-    by a small thread pool (decord and torch release the GIL). Evaluation is exact: no padding, no drops."""
+    """Validation videos as torch batches decoded in-process by a small thread pool (decord and torch release
+    the GIL), this rank's share items[rank::world]: for ``cmpl-ray eval`` / ``predict`` without Ray."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.pipeline import build_train_dataset, class_names, read_split_lists, steps_per_epoch
+from ..data.pipeline import build_train_dataset, build_val_dataset, class_names, read_split_lists, steps_per_epoch
 from . import tracking
 
 
@@ -80,7 +80,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     world = cfg.train.num_workers
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
     ensure_ray()
-    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps)}
+    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps),
+                "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
 
     out_dir = str(Path(cfg.run.output_dir).resolve())
     os.makedirs(out_dir, exist_ok=True)
@@ -104,8 +105,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
 
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir,
-                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled],
-                             "val": [(it.path, it.label) for it in val]}}
+                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -119,7 +119,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
     t0 = time.perf_counter()
     result = trainer.fit()

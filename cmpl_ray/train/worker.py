@@ -24,8 +24,7 @@ import ray.train
 import ray.train.torch
 
 from ..config import Config, from_dict, save_config
-from ..data.lists import VideoItem
-from ..data.pipeline import ERR_CODES, iter_val_batches
+from ..data.pipeline import ERR_CODES
 from ..models import build_model
 from . import checkpoint as ckpt
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
@@ -159,7 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min")
 
     shard = ray.train.get_dataset_shard("train")  # steps x B_l rows per rank per epoch
-    val_items = [VideoItem(p, y) for p, y in config["lists"]["val"]]
+    val_shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
     semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
@@ -188,8 +187,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                        looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
-            batches = iter_val_batches(cfg, val_items, num_classes, aux is not None, rank, world,
-                                       threads=max(1, int(cfg.train.cpus_per_worker)))
+            batches = val_shard.iter_torch_batches(batch_size=2, prefetch_batches=2)
             counts = _all_reduce_counts(evaluate(primary, aux, batches, num_classes, device))
             ev = summarize_eval(counts, aux is not None)
             best = max(best, ev["val_top1"])
