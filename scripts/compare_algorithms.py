@@ -129,41 +129,11 @@ def write_outputs(out: Path, rows: list[dict], title: str, notes: list[str]) -> 
     return md
 
 
-def _drop_empty_val_views() -> None:
-    """Workaround, run in every Ray worker process: ``ClipDecoder.decode_val`` returns ``v_a`` as an object
-    array of ``None`` when there is no auxiliary network (supervised / fixmatch), and ``iter_val_batches``
-    then fails in ``torch.from_numpy`` at the first evaluation. Drop such entries. Harmless once
-    ``cmpl_ray/data/pipeline.py`` is fixed (nothing is dropped then)."""
-    import numpy as np
-
-    from cmpl_ray.data import pipeline
-
-    orig = pipeline.ClipDecoder.decode_val
-    if getattr(orig, "_compare_patched", False):
-        return
-
-    def decode_val(self, items):
-        out = orig(self, items)
-        return {k: v for k, v in out.items() if not (isinstance(v, np.ndarray) and v.dtype == object)}
-
-    decode_val._compare_patched = True
-    pipeline.ClipDecoder.decode_val = decode_val
-
-
 def start_ray(num_cpus: int | None) -> None:
-    """One local Ray for the whole study (as ``ensure_ray``), with the val-view workaround in every worker."""
-    import ray
-
+    """One local Ray for the whole study (connects to RAY_ADDRESS when set)."""
     from cmpl_ray.train.launch import ensure_ray
 
-    _drop_empty_val_views()
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        kwargs = {"include_dashboard": False, "log_to_driver": True,
-                  "runtime_env": {"worker_process_setup_hook": _drop_empty_val_views}}
-        if num_cpus:
-            kwargs["num_cpus"] = num_cpus
-        ray.init(**kwargs)
-    ensure_ray(num_cpus)  # no-op when started above; connects to RAY_ADDRESS otherwise
+    ensure_ray(num_cpus)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
