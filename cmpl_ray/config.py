@@ -122,7 +122,7 @@ class DataConfig:
         _check(self.crop_size >= 8, "data.crop_size", f"must be >= 8, got {self.crop_size}")
         ss = self.train_short_side
         _check(isinstance(ss, list) and len(ss) == 2 and ss[0] <= ss[1] and ss[0] >= self.crop_size,
-               "data.train_short_side", f"must be [min, max] with crop_size <= min <= max, got {ss}")
+               "data.train_short_side", f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, got {ss}")
         _check(self.test_short_side >= self.crop_size, "data.test_short_side",
                f"must be >= data.crop_size={self.crop_size}, got {self.test_short_side}")
         _check(0 <= self.randaug_n <= 14, "data.randaug_n", f"must be in [0, 14], got {self.randaug_n}")
