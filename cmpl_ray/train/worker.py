@@ -56,6 +56,18 @@ def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module |
                            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
 
 
+def _last_logged_step(uri: str, run_id: str | None) -> int:
+    """Highest step this MLflow run already has (from the per-epoch ``global_step`` metric); -1 if unknown."""
+    if not run_id:
+        return -1
+    try:
+        from mlflow import MlflowClient
+
+        return max((m.step for m in MlflowClient(uri).get_metric_history(run_id, "global_step")), default=-1)
+    except Exception:  # tracking down: nothing to de-duplicate against
+        return -1
+
+
 def _all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if dist.is_available() and dist.is_initialized():
         for k, v in counts.items():
@@ -140,15 +152,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         primary = primary.to(memory_format=torch.channels_last_3d)
         aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
 
-    tracker = None
+    tracker, logged_through = None, -1
     if rank == 0 and cfg.tracking.enabled:
+        # sent once per epoch, before its checkpoint; after a restart, steps the run already logged (the redone
+        # part of an epoch that was flushed but not checkpointed) are skipped: no gap, no duplicate step
         tracker = Tracker(config["tracking_uri"], config.get("run_id"),
-                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"))
+                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"), flush_every=10**9)
+        logged_through = _last_logged_step(config["tracking_uri"], config.get("run_id")) if state is not None else -1
     total_steps = steps * cfg.train.epochs
     t_run = time.perf_counter()
 
     def log_step(step: int, stats: dict[str, float]) -> None:
-        if tracker is not None:
+        if tracker is not None and step > logged_through:
             tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
         if rank == 0:
             done = step - start_epoch * steps
@@ -195,10 +210,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["val_top1_best"] = best
         metrics.setdefault("val_top1", history[-1].get("val_top1", 0.0) if history else 0.0)
         history.append({k: float(v) for k, v in metrics.items()})
-        if tracker is not None:
+        if tracker is not None and global_step > logged_through:
             # val_top1 is carried in non-eval epochs only for Ray's checkpoint ranking: do not log it again
-            tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "global_step")
-                                 and (evaluated or not k.startswith(("val_", "aux_val_")))}, global_step)
+            tracker.log_metrics({k: v for k, v in metrics.items()
+                                 if evaluated or not k.startswith(("val_", "aux_val_"))}, global_step)
             tracker.flush()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
