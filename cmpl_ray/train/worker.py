@@ -122,7 +122,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     num_classes, names, steps = config["num_classes"], config["class_names"], config["steps"]
 
     primary, aux = build_networks(cfg, num_classes)
-    optimizer = make_optimizer(cfg, primary, aux)  # params are the same tensors after prepare_model's .to()
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, global_step, history, best = 0, 0, [], -1.0
@@ -135,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     elif cfg.run.resume:
         state = ckpt.load_checkpoint(cfg.run.resume)
     if state is not None:
-        ckpt.restore(state, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler)
+        ckpt.restore(state, primary=primary, aux=aux, scaler=scaler)  # optimizer: after the move to device
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         extra = state.get("extra", {})
         history, best = extra.get("history", []), extra.get("best", -1.0)
@@ -145,12 +144,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             say(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})")
 
+    if cfg.train.channels_last and device.type == "cuda":  # before DDP wraps (and buckets) the parameters
+        primary = primary.to(memory_format=torch.channels_last_3d)
+        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
     primary = ray.train.torch.prepare_model(primary)
     if aux is not None:
         aux = ray.train.torch.prepare_model(aux)
-    if cfg.train.channels_last and device.type == "cuda":
-        primary = primary.to(memory_format=torch.channels_last_3d)
-        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
+    # one optimizer over both networks (Eq. 6), built after the move so its state lives on the device
+    optimizer = make_optimizer(cfg, primary, aux)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
 
     tracker, logged_through = None, -1
     if rank == 0 and cfg.tracking.enabled:
