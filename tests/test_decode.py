@@ -193,3 +193,20 @@ def test_bad_indices_and_bad_video_api(video):
     assert err.reason == "timeout" and err.detail == "x" and "timeout" in str(err)
     with pytest.raises(ValueError):
         BadVideo("weird")
+
+
+def test_read_sampled_chooses_from_the_open_reader(video):
+    from cmpl_ray.data.decode import read_sampled
+
+    seen = {}
+
+    def choose(n, fps):
+        seen.update(n=n, fps=fps)
+        return np.array([n - 1, 0, 5, 5])
+
+    frames, n, fps = read_sampled(video, choose, short_side=None)
+    assert (n, round(fps)) == (seen["n"], round(seen["fps"])) and n == probe(video)[0]
+    assert frames.shape[0] == 4 and frames.dtype == np.uint8
+    assert _frame_ids(frames).tolist() == [n - 1, 0, 5, 5]
+    with pytest.raises(BadVideo):
+        read_sampled(str(video) + ".missing", choose)

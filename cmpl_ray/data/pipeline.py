@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import Config, DataConfig
 from . import augment
-from .decode import BadVideo, probe, read_frames
+from .decode import BadVideo, read_sampled
 from .lists import VideoItem, read_classes, read_list, resolve_path
 from .sampling import clip_indices, eval_clip_starts, sample_train_indices
 
@@ -130,31 +130,36 @@ class ClipDecoder:
     # -- one video --------------------------------------------------------------------------------------
     def _decode_train(self, path: str, size: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
         dc = self.dc
-        src = _fetch(path)
-        n, fps, h, w = probe(src)
-        idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
-                                            dc.time_offset, self.rng)
-        idx = np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
-        frames = read_frames(src, idx, short_side=size, timeout_s=dc.decode_timeout_s, src_hw=(h, w))  # (T,H,W,3)
-        return frames[: len(idx_p)], (frames[len(idx_p):] if self.with_aux else None), n < dc.raw_clip_len
+        t_p = dc.raw_clip_len // dc.primary_stride
+
+        def choose(n: int, fps: float) -> np.ndarray:
+            idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
+                                                dc.time_offset, self.rng)
+            return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
+
+        frames, n, _ = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)  # (T,H,W,3)
+        return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len
 
     def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
         import torch
 
         dc = self.dc
-        src = _fetch(path)
-        n, _, h, w = probe(src)
-        starts = eval_clip_starts(n, dc.raw_clip_len, dc.eval_clips)
-        ip = [clip_indices(n, s, dc.raw_clip_len, dc.primary_stride) for s in starts]
-        ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
-        frames = read_frames(src, np.concatenate(ip + ia), short_side=dc.test_short_side,
-                             timeout_s=dc.decode_timeout_s, src_hw=(h, w))
+        t_p, t_a = dc.raw_clip_len // dc.primary_stride, dc.raw_clip_len // dc.aux_stride
+
+        def choose(n: int, fps: float) -> np.ndarray:
+            starts = eval_clip_starts(n, dc.raw_clip_len, dc.eval_clips)
+            ip = [clip_indices(n, s, dc.raw_clip_len, dc.primary_stride) for s in starts]
+            ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
+            return np.concatenate(ip + ia)
+
+        frames, n, _ = read_sampled(_fetch(path), choose, short_side=dc.test_short_side,
+                                    timeout_s=dc.decode_timeout_s)
         out, pos = [], 0
-        for group in (ip, ia):
+        for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
             views = []
-            for ind in group:
-                views.append(augment.eval_views(frames[pos: pos + len(ind)], dc.crop_size, dc.eval_crops))
-                pos += len(ind)
+            for _ in range(count):
+                views.append(augment.eval_views(frames[pos: pos + t], dc.crop_size, dc.eval_crops))
+                pos += t
             out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
         return out[0], out[1], n < dc.raw_clip_len
 
