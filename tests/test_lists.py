@@ -157,7 +157,7 @@ def test_prepare_kinetics400(tmp_path, val_dir, val_csv):
     _fake_k400(root, val_dir, val_csv)
     s = prepare_kinetics400(root)
     assert (s["num_classes"], s["train"], s["val"]) == (2, 3, 1)
-    assert sorted(s["missing"]) == [f"train/riding a bike/gone_000001_000011.mp4",
+    assert sorted(s["missing"]) == ["train/riding a bike/gone_000001_000011.mp4",
                                     f"{val_dir}/riding a bike/www_000002_000012.mp4"]
     assert read_classes(os.path.join(root, "classes.txt")) == ["abseiling", "riding a bike"]
     train = read_list(os.path.join(root, "train.txt"))

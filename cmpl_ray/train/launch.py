@@ -63,7 +63,6 @@ def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
 def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
                  callbacks: list | None = None, verbose: bool = True) -> dict[str, Any]:
     """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``)."""
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
