@@ -1,103 +1,232 @@
-"""GPU benchmark: R50 8x8 primary + R50x1/4 16x4 auxiliary at 224^2 with AMP through the real pipeline.
+"""GPU benchmark: R50 8x8 primary + R50x1/4 16x4 auxiliary at 224^2 with AMP (issue 4, item 9).
 
-Ray Data decodes and augments synthetic mp4s (or ``--root`` with train.txt) in an actor pool and feeds a CMPL
-training loop on one CUDA device. Prints clips/s per GPU, peak GPU memory, the fraction of step time spent
-waiting for data, and model FLOPs utilisation (MFU) against the GPU's dense bf16 peak (``--peak-tflops``).
-Exits with a message on machines without CUDA.
+Two measurements on one device, both through the project's own ``train_one_epoch``:
 
-    python scripts/bench_gpu.py [--steps 30] [--amp bf16] [--decode-actors 12]
+1. **compute**: in-memory uint8 batches already on the GPU (no data loading) for CMPL and FixMatch, per AMP
+   mode: ms/step, clips/s, peak GPU memory and model FLOPs utilisation (MFU) against ``--peak-tflops``.
+2. **pipeline**: the real decode + augment path (``ClipDecoder``: decord, kornia RandAugment) feeding CMPL
+   steps from mp4s under ``--root``, through Ray Data's actor pool when Ray is installed, else through a
+   ``torch.utils.data.DataLoader`` running the same decoder in worker processes. Prints end-to-end clips/s
+   and the fraction of step time spent waiting for data.
+
+Clips per step = B_l labeled + B_u unlabeled videos; each network sees B_l + 2 B_u clips (labeled, weak,
+strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is taken as 2x the forward.
+
+    python scripts/bench_gpu.py --root DIR_WITH_train.txt [--steps 30] [--amp bf16 fp16 none]
+    python scripts/bench_gpu.py --device cpu --preset demo --steps 2 --root demo_data   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import os
 import sys
-import tempfile
 import time
 
+import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cmpl_ray.config import load_config  # noqa: E402
+from cmpl_ray.models import build_model, count_flops  # noqa: E402
+from cmpl_ray.train.loop import train_one_epoch  # noqa: E402
+
+
+def networks(cfg, k, device):
+    primary = build_model(cfg.model.primary_arch, k, cfg.model.primary_width, cfg.model.dropout)
+    arch, width = cfg.aux_spec()
+    aux = build_model(arch, k, width, cfg.model.dropout) if cfg.uses_aux else None
+    nets = [m.to(device) for m in (primary, aux) if m is not None]
+    if device.type == "cuda" and cfg.train.channels_last:
+        nets = [m.to(memory_format=torch.channels_last_3d) for m in nets]
+    params = [p for m in nets for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return nets[0], (nets[1] if len(nets) > 1 else None), opt
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def random_batch(cfg, k, b_l, b_u, device):
+    d = cfg.data
+    s, tp, ta = d.crop_size, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
+    g = torch.Generator().manual_seed(0)
+
+    def clip(n, t):  # (B, C, T, H, W) uint8
+        return torch.randint(0, 256, (n, 3, t, s, s), dtype=torch.uint8, generator=g).to(device)
+
+    b = {"l_p": clip(b_l, tp), "l_a": clip(b_l, ta), "u_weak_p": clip(b_u, tp), "u_strong_p": clip(b_u, tp),
+         "u_weak_a": clip(b_u, ta), "u_strong_a": clip(b_u, ta),
+         "y_l": torch.randint(0, k, (b_l,), generator=g).to(device), "y_u": torch.randint(0, k, (b_u,), generator=g).to(device),
+         "l_valid": torch.ones(b_l, dtype=torch.bool, device=device), "u_valid": torch.ones(b_u, dtype=torch.bool, device=device)}
+    if not cfg.uses_aux:
+        b = {k2: v for k2, v in b.items() if not k2.endswith("_a")}
+    return b
+
+
+def step_flops(cfg, primary, aux, b_l, b_u):
+    d = cfg.data
+    s, tp, ta = d.crop_size, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
+    n = b_l + 2 * b_u
+    f = count_flops(primary, (3, tp, s, s)) * n
+    if aux is not None:
+        f += count_flops(aux, (3, ta, s, s)) * n
+    return 3 * f  # forward + backward (~2x forward)
+
+
+def run_steps(cfg, nets, batches, steps, device, scaler, wait=None):
+    primary, aux, opt = nets
+    kw = dict(cfg=cfg, epoch=10, total_steps=10**6, device=device, scaler=scaler)
+    train_one_epoch(primary, aux, opt, itertools.islice(batches, 3), steps=3, global_step=0, **kw)  # cudnn autotune
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if wait is not None:
+        wait[0] = 0.0
+    t0 = time.perf_counter()
+    res = train_one_epoch(primary, aux, opt, itertools.islice(batches, steps), steps=steps, global_step=3, **kw)
+    sync(device)
+    return res, time.perf_counter() - t0
+
+
+def compute_bench(args, device, k):
+    rows, ms = [], {}
+    for amp in args.amp:
+        for algo in ("cmpl", "fixmatch"):
+            cfg = load_config(args.preset, overrides=[f"algo.name={algo}", f"train.amp={amp}", "algo.threshold=0.05"])
+            nets = networks(cfg, k, device)
+            b = random_batch(cfg, k, args.batch_labeled, args.batch_labeled * args.ratio, device)
+            scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+            res, wall = run_steps(cfg, nets, itertools.repeat(b), args.steps, device, scaler)
+            per = wall / max(1, res.steps)
+            clips = args.batch_labeled * (1 + args.ratio)
+            mfu = step_flops(cfg, nets[0], nets[1], args.batch_labeled, args.batch_labeled * args.ratio) / per / (args.peak_tflops * 1e12)
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+            ms[(amp, algo)] = per * 1e3
+            rows.append(f"| {algo} | {amp} | {per * 1e3:.1f} | {clips / per:.1f} | {mem:.1f} | {mfu:.3f} |")
+            del nets, b
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print(f"\ncompute only (batches resident on {device}), B_l {args.batch_labeled} + B_u {args.batch_labeled * args.ratio} "
+          f"videos/step, {args.steps} timed steps, peak {args.peak_tflops} TFLOP/s")
+    print("| algo | amp | ms/step | clips/s | peak GiB | MFU |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    for amp in args.amp:
+        print(f"cmpl_vs_fixmatch_step[{amp}]: {ms[(amp, 'cmpl')] / ms[(amp, 'fixmatch')]:.3f}")
+
+
+class DecodedSteps(torch.utils.data.Dataset):
+    """Step i = ClipDecoder on rows[i*B_l:(i+1)*B_l] (one labeled + ratio unlabeled videos per row)."""
+
+    def __init__(self, decoder, rows, b_l):
+        self.decoder, self.rows, self.b_l = decoder, rows, b_l
+
+    def __len__(self):
+        return len(self.rows) // self.b_l
+
+    def __getitem__(self, i):
+        out = self.decoder({"data": self.rows[i * self.b_l:(i + 1) * self.b_l]})
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+def flat_u(batches, wait):
+    """Flatten (B_l, ratio, ...) unlabeled arrays into (B_u, ...) and time the wait for each batch."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        wait[0] += time.perf_counter() - t0
+        yield {k: (v.flatten(0, 1) if k.startswith(("u_", "y_u")) else v) for k, v in b.items()}
+
+
+def pipeline_bench(args, device, k):
+    from cmpl_ray.data.lists import read_list
+    from cmpl_ray.data.pipeline import ClipDecoder, _pairs, epoch_rows
+
+    amp = args.amp[0]
+    cfg = load_config(args.preset, overrides=[f"data.root={args.root}", f"train.amp={amp}", "algo.threshold=0.5",
+                                              f"train.batch_labeled={args.batch_labeled}", f"algo.unlabeled_ratio={args.ratio}",
+                                              f"data.decode_actors={args.workers}"])
+    items = read_list(os.path.join(args.root, "train.txt"))
+    labeled, unlabeled = _pairs(items[: max(8, len(items) // 4)], args.root), _pairs(items, args.root)
+    steps = args.steps + 3
+    loader_kind = args.loader
+    if loader_kind == "auto":
+        try:
+            import ray  # noqa: F401
+            loader_kind = "ray"
+        except ImportError:
+            loader_kind = "torch"
+    probe = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, 0)
+    for kind in ("labeled", "unlabeled"):  # surface the real exception (workers only count bad samples)
+        try:
+            views, _ = probe._views(kind, labeled[0][0], labeled[0][1])
+            print(f"preflight {kind}: " + ", ".join(f"{n} {tuple(v.shape)}" for n, v in views.items()))
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+    if loader_kind == "ray":
+        import ray
+
+        from cmpl_ray.data.pipeline import build_train_dataset
+
+        ray.init(include_dashboard=False, log_to_driver=False)
+        ds = build_train_dataset(cfg, items[: max(8, len(items) // 4)], items, k, world=1, steps=steps)
+        batches = ds.iter_torch_batches(batch_size=args.batch_labeled, drop_last=True, prefetch_batches=4)
+    else:
+        rows = epoch_rows(len(labeled), len(unlabeled), steps * args.batch_labeled, args.ratio, seed=0)
+        dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, 0, labeled, unlabeled, args.ratio)
+        batches = torch.utils.data.DataLoader(DecodedSteps(dec, rows, args.batch_labeled), batch_size=None,
+                                              num_workers=args.workers, prefetch_factor=4, pin_memory=device.type == "cuda",
+                                              persistent_workers=False)
+    nets = networks(cfg, k, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    wait = [0.0]
+    gen = flat_u(batches, wait)
+    res, wall = run_steps(cfg, nets, gen, args.steps, device, scaler, wait)
+    clips = res.steps * args.batch_labeled * (1 + args.ratio)
+    print(f"\npipeline ({loader_kind} loader, {args.workers} decode processes, {len(items)} videos under {args.root}, amp {amp}):")
+    print(f"pipeline clips/s per GPU: {clips / wall:.1f} ({res.steps} steps in {wall:.1f} s)")
+    print(f"data wait fraction: {wait[0] / wall:.3f}")
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    print(f"peak GPU memory: {mem:.1f} GiB; bad samples: {len(res.bad_samples)}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="k400-1pct-r50")
+    ap.add_argument("--root", default=None, help="dataset root with train.txt (omit to skip the pipeline part)")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--amp", default="bf16", choices=["none", "bf16", "fp16"])
-    ap.add_argument("--decode-actors", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    ap.add_argument("--batch-labeled", type=int, default=2)
-    ap.add_argument("--ratio", type=int, default=5)
-    ap.add_argument("--root", default=None)
+    ap.add_argument("--amp", nargs="+", default=["bf16", "fp16", "none"], choices=["none", "bf16", "fp16"])
+    ap.add_argument("--batch-labeled", type=int, default=2, help="B_l per GPU (paper K400: 2)")
+    ap.add_argument("--ratio", type=int, default=5, help="B_u / B_l (paper: 5)")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--loader", default="auto", choices=["auto", "ray", "torch"])
+    ap.add_argument("--num-classes", type=int, default=400)
+    ap.add_argument("--device", default="cuda")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    ap.add_argument("--skip-compute", action="store_true")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_gpu: no CUDA device here; run it on a GPU node")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device here; run it on a GPU node (or --device cpu for a smoke run)")
         return 0
-    import ray
-
-    from cmpl_ray.config import load_config
-    from cmpl_ray.data.lists import read_list
-    from cmpl_ray.data.pipeline import build_train_dataset
-    from cmpl_ray.data.synth import make_synthetic_dataset
-    from cmpl_ray.models import count_flops
-    from cmpl_ray.train.loop import train_one_epoch
-    from cmpl_ray.train.worker import build_networks, make_optimizer
-
-    root = args.root or os.path.join(tempfile.mkdtemp(), "gpu_bench")
-    if not args.root:
-        make_synthetic_dataset(root, num_classes=8, per_class=40, num_frames=96, size=256, seed=0)
-    items = read_list(os.path.join(root, "train.txt"))
-    cfg = load_config("k400-1pct-r50", overrides=[
-        f"data.root={root}", f"train.amp={args.amp}", f"train.batch_labeled={args.batch_labeled}",
-        f"algo.unlabeled_ratio={args.ratio}", f"data.decode_actors={args.decode_actors}", "data.time_offset=2",
-        "data.train_short_side=[256, 256]", "model.num_classes=400", "train.num_workers=1", "algo.threshold=0.5"])
-    ray.init(include_dashboard=False, log_to_driver=False)
-    steps = args.steps + 3
-    ds = build_train_dataset(cfg, items[:16], items, 400, world=1, steps=steps)
-    device = torch.device("cuda")
-    primary, aux = build_networks(cfg, 400)
-    primary, aux = primary.to(device).to(memory_format=torch.channels_last_3d), aux.to(device).to(
-        memory_format=torch.channels_last_3d)
-    opt = make_optimizer(cfg, primary, aux)
-    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-    wait = [0.0]
-
-    def timed(it):
-        while True:
-            t0 = time.perf_counter()
-            try:
-                b = next(it)
-            except StopIteration:
-                return
-            torch.cuda.synchronize()
-            wait[0] += time.perf_counter() - t0
-            for k in list(b):
-                if k.startswith("u_") or k == "y_u":
-                    b[k] = b[k].flatten(0, 1)
-            yield b
-
-    it = iter(ds.iter_torch_batches(batch_size=args.batch_labeled, drop_last=True, prefetch_batches=4))
-    kw = dict(cfg=cfg, epoch=0, total_steps=10**6, device=device, scaler=scaler)
-    train_one_epoch(primary, aux, opt, timed(it), steps=3, global_step=0, **kw)  # warm-up (cudnn autotune)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    wait[0] = 0.0
-    t0 = time.perf_counter()
-    res = train_one_epoch(primary, aux, opt, timed(it), steps=args.steps, global_step=3, **kw)
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    b_l, b_u = args.batch_labeled, args.batch_labeled * args.ratio
-    n_p, n_a = b_l + 2 * b_u, b_l + 2 * b_u  # clips per network per step (labeled + weak + strong)
-    fl_p = count_flops(primary, (1, 3, 8, 224, 224))
-    fl_a = count_flops(aux, (1, 3, 16, 224, 224))
-    step_flops = 3 * (n_p * fl_p + n_a * fl_a)  # forward + backward ~ 3x forward
-    clips = res.steps * (b_l + b_u)
-    print(f"device: {torch.cuda.get_device_name(0)}, amp {args.amp}, B_l {b_l}, B_u {b_u}, "
-          f"{args.decode_actors} decode actors, {res.steps} steps")
-    print(f"clips/s per GPU: {clips / wall:.1f}")
-    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    print(f"data wait fraction: {wait[0] / wall:.3f}")
-    print(f"MFU: {step_flops * res.steps / wall / (args.peak_tflops * 1e12):.3f}")
-    ray.shutdown()
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}, preset {args.preset}")
+    if not args.skip_compute:
+        compute_bench(args, device, args.num_classes)
+    if args.root:
+        pipeline_bench(args, device, args.num_classes)
     return 0
 
 
