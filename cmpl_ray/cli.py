@@ -125,6 +125,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune.driver import run_sweep
+
+    if not args.space and not args.resume:
+        raise ValueError("give a search-space file (see search_spaces/) or --resume SWEEP")
+    out = run_sweep(args.space, preset=args.preset, config_path=args.config, overrides=args.overrides,
+                    num_samples=args.num_samples, name=args.name, storage=args.storage,
+                    max_concurrent=args.max_concurrent, searcher=args.searcher, resume=args.resume,
+                    num_cpus=args.num_cpus, scheduler=args.scheduler)
+    if out["interrupted"]:
+        return 130
+    return 1 if out["errors"] else 0
+
+
+def cmd_report(args) -> int:
+    from .tune.report import report
+
+    try:
+        print(report(args.sweep, args.tracking_uri, args.experiment, args.metric), end="")
+    except LookupError as e:
+        raise ValueError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import commands as data_commands
 
@@ -166,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("tune", help="Ray Tune sweep over a search_spaces/*.yaml file (ASHA, grid/random/optuna)")
+    p.add_argument("space", nargs="?", help="search-space YAML (see search_spaces/)")
+    _add_config_args(p)
+    p.add_argument("--num-samples", type=int, default=None, help="override the file's num_samples")
+    p.add_argument("--name", default=None, help="sweep name (default: <space>-<timestamp>)")
+    p.add_argument("--storage", default="outputs/tune", help="local dir or URI for sweep state (default outputs/tune)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="override max_concurrent_trials")
+    p.add_argument("--searcher", choices=["grid", "random", "optuna"], default=None)
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default=None, help="override the file's scheduler")
+    p.add_argument("--resume", default=None, metavar="SWEEP", help="restore an interrupted sweep by name")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="print a sweep as a markdown table from the MLflow store")
+    p.add_argument("sweep")
+    p.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    p.add_argument("--experiment", default=None)
+    p.add_argument("--metric", default=None, help="default: the sweep's metric (val_top1)")
+    p.set_defaults(func=cmd_report)
 
     data_commands.register(sub)
     return parser

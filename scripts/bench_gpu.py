@@ -161,7 +161,7 @@ def pipeline_bench(args, device, k):
     loader_kind = args.loader
     if loader_kind == "auto":
         try:
-            import ray  # noqa: F401
+            import ray as _ray  # noqa: F401
             loader_kind = "ray"
         except ImportError:
             loader_kind = "torch"

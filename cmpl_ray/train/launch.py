@@ -27,13 +27,19 @@ def storage_path(cfg: Config) -> str:
     return str((Path(cfg.run.output_dir).resolve().parent / "ray_results"))
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS if set, else start (or reuse) a local Ray."""
+def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Connect to RAY_ADDRESS if set, else start (or reuse) a local Ray.
+
+    ``dashboard=True`` (Tune sweeps) starts the dashboard on 127.0.0.1: Ray Train V2's placement-group
+    cleaner asks the State API (served by the dashboard) whether a trial's Train controller is gone; without
+    it the 1-CPU placement group of a finished trial leaked and the next trial waited forever on 2 CPUs."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True}
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
     if not os.environ.get("RAY_ADDRESS") and num_cpus:
         kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)

@@ -60,6 +60,7 @@ class EpochResult:
     means: dict[str, float] = field(default_factory=dict)
     bad_samples: list[tuple[str, int, int]] = field(default_factory=list)  # (stream, index, err)
     looped_samples: int = 0
+    good_samples: int = 0  # decoded clips that trained (labeled + unlabeled, looped short videos included)
 
 
 def _any_nonfinite(loss: Tensor) -> bool:
@@ -75,6 +76,7 @@ def _collect_bad(batch: Mapping[str, Tensor], res: EpochResult) -> None:
         if err is None:
             continue
         idx = batch[f"{stream}_index"]
+        res.good_samples += int(((err == 0) | (err == 99)).sum())
         for i in torch.nonzero(err > 0).flatten().tolist():
             code = int(err[i])
             if code == 99:  # looped short video: usable, only counted

@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
 
     start_epoch, global_step, history, best = 0, 0, [], -1.0
-    skipped_total, looped_total, bad_files, restarts = 0, 0, {}, 0
+    skipped_total, looped_total, bad_files, restarts, good_total = 0, 0, {}, 0, 0
     resume = ray.train.get_checkpoint()
     state = None
     if resume is not None:
@@ -139,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         extra = state.get("extra", {})
         history, best = extra.get("history", []), extra.get("best", -1.0)
         skipped_total, looped_total = extra.get("skipped_total", 0), extra.get("looped_total", 0)
+        good_total = extra.get("good_total", 0)
         bad_files = extra.get("bad_files", {})
         restarts = extra.get("restarts", 0) + (1 if resume is not None else 0)
         if rank == 0:
@@ -186,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                               scaler=scaler, log_fn=log_step)
         global_step += res.steps + res.skipped_steps
         # bad samples of every rank -> one warning per file on rank 0, exact counts
-        gathered = _gather((res.bad_samples, res.looped_samples, res.steps))
+        gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples))
+        good_total += sum(g[3] for g in gathered)
         epoch_bad = [b for g in gathered for b in g[0]]
         looped_total += sum(g[1] for g in gathered)
         skipped_total += len(epoch_bad)
@@ -201,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
             raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
         metrics = {f"train_{k}": v for k, v in res.means.items()}
-        metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total,
+        metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total, good_samples=good_total,
                        looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
@@ -221,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                extra = {"history": history, "best": best, "skipped_total": skipped_total,
+                extra = {"history": history, "best": best, "skipped_total": skipped_total, "good_total": good_total,
                          "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts}
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
@@ -238,6 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         os.makedirs(out, exist_ok=True)
         final = {k: history[-1][k] for k in history[-1]} if history else {}
         final.update(epochs=cfg.train.epochs, skipped_samples=skipped_total, looped_samples=looped_total, restarts=restarts,
+                     good_samples=good_total,
                      bad_files=bad_files, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
                      world_size=world, history=history)
         write_metrics_json(os.path.join(out, "metrics.json"), final)

@@ -1,0 +1,256 @@
+"""The one Tune driver: a search-space file -> Ray Tune trials, each a full ``run_training`` (Ray Train V2).
+
+Pattern (Ray Train V2 + Tune): every trial is a small *driver function* (:func:`trial_fn`) that builds the
+config for its sampled values and calls :func:`cmpl_ray.train.launch.run_training`, whose ``TorchTrainer``
+forwards each epoch's ``ray.train.report`` to Tune through ``TuneReportCallback``. ASHA (``time_attr=epoch``)
+stops weak trials; stopping a trial ends its driver actor and with it the Train controller and workers.
+
+Storage: ``<storage>/<sweep>/`` holds Tune's experiment state (``Tuner.restore``), ``sweep.json`` (what
+``--resume`` needs to rebuild the trainable), ``train/`` (each trial's Ray Train run, named
+``<sweep>-<trial_id>``, so a trial restarted after an interruption resumes from its own latest checkpoint)
+and ``trials/<trial_id>/`` (metrics.json, per-class CSV, plots).
+
+MLflow: one parent run per sweep (space, scheduler, searcher; at the end the best trial and its values),
+one child run per trial (created by ``run_training`` with ``parent_run_id``), tagged at the end with
+``cmpl.tune.status`` = completed | early_stopped | error and ``cmpl.tune.best`` on the best trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config
+from ..train import tracking
+from .space import SweepSpec, load_space, overrides_of, to_tune_space
+
+STATE_FILE = "sweep.json"
+PATH_KEYS = ("root", "labeled_list", "unlabeled_list", "val_list", "classes_file")
+
+
+def _abs(p: str) -> str:
+    return p if "://" in p else str(Path(p).resolve())
+
+
+def sweep_dir(storage: str, name: str) -> str:
+    return os.path.join(storage if "://" in storage else str(Path(storage).resolve()), name)
+
+
+def _pin_ray_address() -> None:
+    """Point Ray Train V2's detached placement-group cleaner at this cluster.
+
+    The cleaner removes a trial's worker placement group when ASHA stops the trial (its Train controller dies
+    with the trial actor). It asks the State API, which auto-detects "the" cluster and fails with "Found
+    multiple active Ray instances" when a second Ray runs on the machine: the group then leaked and every later
+    trial waited forever. ``RAY_ADDRESS`` is propagated to the controller (and so to the cleaner) by Train V2.
+    """
+    import ray
+    from ray.train.v2._internal import constants
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+
+
+def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One trial: config for the sampled axis values -> ``run_training`` reporting each epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train.launch import run_training
+
+    tid = tune.get_context().get_trial_id()
+    _pin_ray_address()
+    values = {a: config[a] for a in sweep["axes"]}
+    base = sweep["dir"]
+    cfg = load_config(sweep["preset"], sweep["config_path"], overrides_of(sweep["fixed"]) + sweep["overrides"]
+                      + overrides_of(values) + [f"run.name={sweep['name']}-{tid}", "run.resume=",
+                                                f"run.output_dir={os.path.join(base, 'trials', tid)}",
+                                                f"run.storage_path={os.path.join(base, 'train')}"])
+    tags = {"cmpl.sweep": sweep["name"], "cmpl.trial_id": tid, "cmpl.axes": json.dumps(values, sort_keys=True)}
+    run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
+                 callbacks=[TuneReportCallback()], verbose=True)
+
+
+def _scheduler(spec: SweepSpec, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.scheduler
+    if s["name"] == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=int(s.get("max_t") or epochs),
+                         grace_period=int(s.get("grace_period", 1)), reduction_factor=float(s.get("reduction_factor", 2)))
+
+
+def _searcher(spec: SweepSpec):
+    if spec.searcher != "optuna":
+        return None  # grid and random: Tune's BasicVariantGenerator over grid_search / samplers
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=spec.metric, mode=spec.mode, seed=0)
+
+
+def _save_state(d: str, state: dict[str, Any]) -> None:
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, STATE_FILE), "w") as f:
+        json.dump(state, f, indent=1)
+
+
+def _load_state(d: str) -> dict[str, Any]:
+    path = os.path.join(d, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no sweep to resume here (check --storage and the sweep name)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_sweep(space_path: str | None = None, *, preset: str | None = None, config_path: str | None = None,
+              overrides: list[str] | None = None, num_samples: int | None = None, name: str | None = None,
+              storage: str = "outputs/tune", max_concurrent: int | None = None, searcher: str | None = None,
+              resume: str | None = None, num_cpus: int | None = None, scheduler: str | None = None,
+              verbose: bool = True) -> dict[str, Any]:
+    """Run (or, with ``resume=NAME``, restore) a sweep; returns a summary (best trial, per-trial rows)."""
+    from ray import tune
+
+    from ..train.launch import ensure_ray
+
+    if resume:
+        d = sweep_dir(storage, resume)
+        state = _load_state(d)
+        space_path, preset, config_path = state["space_path"], state["preset"], state["config_path"]
+        overrides, num_samples, name = state["overrides"], state["num_samples"], resume
+        max_concurrent, searcher = state["max_concurrent"], state["searcher"]
+        scheduler = state.get("scheduler")
+    if not space_path:
+        raise ValueError("a search-space file is required (or --resume SWEEP)")
+    spec = load_space(space_path, preset, searcher)
+    if scheduler:  # --scheduler fifo runs every trial to the end (benchmarks: ASHA vs full)
+        spec.scheduler = {**spec.scheduler, "name": scheduler}
+    overrides = list(overrides or [])
+    # the whole grid's configs are validated before any trial starts
+    base_cfg = load_config(spec.preset, config_path, overrides_of(spec.fixed) + overrides)
+    if spec.preset is None and config_path is None:
+        raise ValueError(f"{space_path}: no preset: give --preset or a 'preset:' line in the space file")
+    name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d = sweep_dir(storage, name)
+    samples = num_samples or spec.num_samples
+    mct = max_concurrent or spec.max_concurrent_trials
+    uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri)
+    state = {"space_path": str(Path(space_path).resolve()), "preset": spec.preset,
+             "config_path": str(Path(config_path).resolve()) if config_path else None, "overrides": overrides,
+             "num_samples": samples, "max_concurrent": mct, "searcher": spec.searcher, "name": name,
+             "scheduler": spec.scheduler["name"]}
+    parent = None
+    if base_cfg.tracking.enabled:
+        ptags = {"cmpl.sweep": name, "cmpl.role": "sweep"}
+        parent = tracking.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
+        if parent is None:
+            params = {"sweep.space_file": os.path.basename(space_path), "sweep.searcher": spec.searcher,
+                      "sweep.num_samples": samples, "sweep.max_concurrent_trials": mct, "sweep.metric": spec.metric,
+                      "sweep.mode": spec.mode,
+                      "sweep.axes": ",".join(spec.axes()), "sweep.preset": spec.preset,
+                      **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
+                      **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
+                      **{f"fixed.{k}": v for k, v in spec.fixed.items()}, **{f"set.{i}": o for i, o in enumerate(overrides)}}
+            parent = tracking.start_run(uri, base_cfg.tracking.experiment, name, params,
+                                        {**ptags, "cmpl.space": spec.description[:500]})
+    state["parent_run_id"] = parent
+    _save_state(d, state)
+    # Tune runs each trial in its own working directory: pin paths and the tracking store to absolute ones
+    pinned = [f"tracking.uri={uri}"] + [f"data.{k}={_abs(getattr(base_cfg.data, k))}" for k in PATH_KEYS
+                                         if getattr(base_cfg.data, k)]
+    sweep = {"name": name, "dir": d, "axes": spec.axes(), "preset": spec.preset, "config_path": state["config_path"],
+             "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
+    ensure_ray(num_cpus, dashboard=True)
+    t0 = time.perf_counter()
+    if resume and tune.Tuner.can_restore(d):
+        tuner = tune.Tuner.restore(d, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_space(spec),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=samples,
+                                        scheduler=_scheduler(spec, base_cfg.train.epochs),
+                                        search_alg=_searcher(spec), max_concurrent_trials=mct),
+            run_config=tune.RunConfig(name=name, storage_path=os.path.dirname(d),
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    return summarize(grid, spec, base_cfg.train.epochs, uri, parent, name, wall, verbose, storage, samples)
+
+
+def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, name: str, wall: float,
+              verbose: bool, storage: str = "", samples: int = 1) -> dict[str, Any]:
+    """Per-trial rows (values, final/best metric, epochs, status), MLflow tags and the parent's summary."""
+    rows, interrupted = [], False
+    for t in grid._experiment_analysis.trials:  # Trial objects: status + last result + per-metric max/min
+        m = t.last_result or {}
+        ep = int(m.get("epoch", 0) or 0)
+        if t.status == "ERROR":
+            status = "error"
+        elif t.status != "TERMINATED":
+            status, interrupted = "unfinished", True
+        else:
+            status = "completed" if ep >= epochs else "early_stopped"
+        agg = (t.metric_analysis or {}).get(spec.metric, {})
+        rows.append({"trial_id": t.trial_id, "values": {a: (t.config or {}).get(a) for a in spec.axes()},
+                     "status": status, "epochs": ep, "final": m.get(spec.metric), "best": agg.get(spec.mode)})
+    # Tune returns normally after Ctrl-C; trials it never generated or left unfinished mean "interrupted"
+    expected = spec.grid_size() * samples
+    interrupted = interrupted or len(rows) < expected
+    ok = [r for r in rows if r["best"] is not None]
+    best_row = (max(ok, key=lambda r: r["best"]) if spec.mode == "max" else min(ok, key=lambda r: r["best"])) if ok else None
+    if not interrupted:
+        _tag_mlflow(uri, parent, name, rows, best_row, spec, wall)
+    summary = {"name": name, "wall_seconds": wall, "trials": rows, "best": best_row, "interrupted": interrupted,
+               "early_stopped": sum(r["status"] == "early_stopped" for r in rows),
+               "errors": sum(r["status"] == "error" for r in rows), "parent_run_id": parent}
+    if interrupted:
+        done = sum(r["status"] in ("completed", "early_stopped", "error") for r in rows)
+        print(f"[cmpl-ray tune] {name} interrupted with {done} of {expected} trials ended; "
+              f"resume with: cmpl-ray tune --resume {name}" + (f" --storage {storage}" if storage else ""), flush=True)
+        return summary
+    if verbose:
+        print(f"[cmpl-ray tune] {name}: {len(rows)} trials in {wall / 60:.1f} min, {summary['early_stopped']} stopped "
+              f"early by {spec.scheduler['name']}, {summary['errors']} errors", flush=True)
+        if best_row:
+            print(f"[cmpl-ray tune] best {spec.metric} {best_row['best']:.2f}: {best_row['values']} "
+                  f"(trial {best_row['trial_id']})", flush=True)
+        print(f"[cmpl-ray tune] table: cmpl-ray report {name}; MLflow: {tracking.ui_command(uri)}", flush=True)
+    return summary
+
+
+def _tag_mlflow(uri: str, parent: str | None, name: str, rows: list[dict], best_row: dict | None,
+                spec: SweepSpec, wall: float) -> None:
+    if not parent:
+        return
+    try:
+        client = tracking._client(uri)
+        exp_id = client.get_run(parent).info.experiment_id
+        children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                                      max_results=10000)
+        by_tid = {c.data.tags.get("cmpl.trial_id"): c for c in children}
+        for r in rows:
+            c = by_tid.get(r["trial_id"])
+            if c is None:
+                continue
+            client.set_tag(c.info.run_id, "cmpl.tune.status", r["status"])
+            client.set_tag(c.info.run_id, "cmpl.tune.epochs", str(r["epochs"]))
+            if best_row is not None and r is best_row:
+                client.set_tag(c.info.run_id, "cmpl.tune.best", "true")
+            if c.info.status == "RUNNING":
+                client.set_terminated(c.info.run_id, "KILLED" if r["status"] != "completed" else "FINISHED")
+        client.log_metric(parent, "sweep_wall_seconds", wall)
+        client.log_metric(parent, "trials", len(rows))
+        client.log_metric(parent, "early_stopped", sum(r["status"] == "early_stopped" for r in rows))
+        if best_row is not None:
+            client.log_metric(parent, f"best_{spec.metric}", best_row["best"])
+            client.set_tag(parent, "cmpl.tune.best_trial", best_row["trial_id"])
+            client.set_tag(parent, "cmpl.tune.best_values", json.dumps(best_row["values"], sort_keys=True)[:5000])
+        client.set_terminated(parent, "FINISHED")
+    except Exception as e:  # noqa: BLE001 - tracking trouble never fails a finished sweep
+        print(f"[cmpl-ray tune] WARNING could not tag the sweep's MLflow runs: {e!r}", flush=True)

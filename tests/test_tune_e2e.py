@@ -1,0 +1,117 @@
+"""A real Tune sweep end to end: 4 trials of the real trainer on a local Ray, ASHA, MLflow parent/child runs,
+``cmpl-ray report``, and a sweep interrupted with Ctrl-C (SIGINT) and resumed with ``--resume``.
+
+ASHA ranks trials on ``train_lr`` (mode min) here, so which trials it stops is known in advance and the
+test cannot flake on tiny-data accuracy noise; the scheduler, reporting and tagging paths are the same as
+for ``val_top1``, which is also checked to be reported every epoch.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from cmpl_ray.data.lists import read_list, split_labeled, write_list
+
+pytestmark = pytest.mark.slow
+
+SPACE = """description: test sweep (learning rate), ranked on train_lr so ASHA's choice is deterministic
+preset: demo
+scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+metric: train_lr
+mode: min
+fixed:
+  train.epochs: 2
+  train.steps_per_epoch: 2
+  train.eval_every: 1
+space:
+  optim.lr: {grid: [0.05, 0.2, 0.1, 0.4]}
+"""
+
+
+def _sets(root, split_dir, tmp):
+    sets = {"data.root": root, "data.labeled_list": f"{split_dir}/labeled.txt",
+            "data.unlabeled_list": f"{split_dir}/unlabeled.txt", "data.val_list": f"{root}/val.txt",
+            "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32, "data.train_short_side": "[32,40]",
+            "data.test_short_side": 32, "data.eval_clips": 1, "train.batch_labeled": 2,
+            "tracking.uri": f"sqlite:///{tmp}/mlflow.db", "optim.warmup_epochs": 0}
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+def _run(args, cwd, log):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cmpl_ray", *args], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
+    split_dir = tmp_path / "splits"
+    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
+    write_list(str(split_dir / "labeled.txt"), lab)
+    write_list(str(split_dir / "unlabeled.txt"), unl)
+    space = tmp_path / "lr.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "tune"
+    base = ["--storage", str(storage), "--num-cpus", "2"]
+
+    # 1) start the sweep; Ctrl-C once the first trial has finished
+    with open(tmp_path / "run1.log", "w") as log:
+        p = _run(["tune", str(space), "--name", "lr", *base, *_sets(synth_root, split_dir, tmp_path)], tmp_path, log)
+        deadline = time.time() + 420
+        while time.time() < deadline and p.poll() is None and not glob.glob(f"{storage}/lr/trials/*/metrics.json"):
+            time.sleep(1)
+        assert p.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+        first = glob.glob(f"{storage}/lr/trials/*/metrics.json")
+        assert len(first) == 1, "no trial finished in time"
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=180)
+    out1 = (tmp_path / "run1.log").read_text()
+    assert rc == 130, out1[-3000:]
+    assert "resume with: cmpl-ray tune --resume lr" in out1
+
+    # 2) resume: the finished trial is not redone, the others run; ASHA stops the high-lr trials
+    with open(tmp_path / "run2.log", "w") as log:
+        p = _run(["tune", "--resume", "lr", *base], tmp_path, log)
+        rc = p.wait(timeout=900)
+    out2 = (tmp_path / "run2.log").read_text()
+    assert rc == 0, out2[-4000:]
+    # a trial whose last epoch was checkpointed is not trained again (Tune may re-enter it to finalise)
+    assert [h["epoch"] for h in json.loads(open(first[0]).read())["history"]] == [1.0, 2.0]
+    assert "4 trials" in out2 and "stopped early by asha" in out2
+
+    # 3) MLflow: one parent, one child per trial (no duplicate after the resume), tags for status and best
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'lr'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["sweep.axes"] == "optim.lr" and parent.data.params["sweep.scheduler.name"] == "asha"
+    assert parent.data.metrics["trials"] == 4 and parent.data.metrics["early_stopped"] >= 1
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(kids) == 4
+    by_lr = {float(k.data.params["optim.lr"]): k for k in kids}
+    assert set(by_lr) == {0.05, 0.2, 0.1, 0.4}
+    status = {lr: k.data.tags["cmpl.tune.status"] for lr, k in by_lr.items()}
+    assert status[0.05] == "completed" and status[0.4] == "early_stopped"
+    assert by_lr[0.05].data.tags.get("cmpl.tune.best") == "true"
+    assert sum(k.data.tags.get("cmpl.tune.best") == "true" for k in kids) == 1
+    for k in kids:
+        epochs = [m.step for m in client.get_metric_history(k.info.run_id, "epoch")]
+        assert len(epochs) == len(set(epochs)), f"duplicate epoch steps in {k.data.tags['cmpl.trial_id']}"
+        assert client.get_metric_history(k.info.run_id, "val_top1"), "val_top1 is reported every epoch"
+        n_ep = int(k.data.metrics["epoch"])
+        assert n_ep == (2 if status[float(k.data.params["optim.lr"])] == "completed" else 1)
+
+    # 4) the report reads it all back from MLflow
+    rep = subprocess.run([sys.executable, "-m", "cmpl_ray", "report", "lr", "--tracking-uri",
+                          f"sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True, cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    rows = [ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]
+    assert len(rows) == 4 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
+    assert "early_stopped" in rep.stdout
