@@ -161,7 +161,9 @@ def pipeline_bench(args, device, k):
     loader_kind = args.loader
     if loader_kind == "auto":
         try:
-            import ray as _ray  # noqa: F401
+            import importlib
+
+            importlib.import_module("ray")
             loader_kind = "ray"
         except ImportError:
             loader_kind = "torch"

@@ -8,6 +8,7 @@ processes this test started (the `ray start` process group, anything naming our 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -85,14 +86,15 @@ def _stop(pgid: int, temp_dir: str) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def ray_head():
+@contextlib.contextmanager
+def _head(num_cpus: int, auth_env: dict[str, str]):
+    """`ray start --head` on loopback with its own temp dir and free ports; stops only what it started."""
     temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
     gcs, dash, client, agent = _free_ports(4)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env["RAY_AUTH_MODE"] = "disabled"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(auth_env)
     cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}",
+           f"--dashboard-port={dash}", "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -106,6 +108,12 @@ def ray_head():
     finally:
         _stop(pgid, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    with _head(2, {"RAY_AUTH_MODE": "disabled"}) as head:
+        yield head
 
 
 def _wait_for(client, job_id: str, timeout: float) -> str:
@@ -169,3 +177,25 @@ def test_dashboard_listens_on_loopback_only(ray_head):
     wide = sorted({(c.laddr.ip, c.laddr.port, _name(c.pid)) for c in listening if c.laddr.ip not in LOOPBACK})
     print(f"[test] our listeners beyond loopback: {wide}", flush=True)
     assert all(port != ray_head["dashboard"] for _, port, _ in wide)
+
+
+def test_token_auth_as_configured_in_cluster_yaml(tmp_path):
+    """cluster.yaml starts Ray with RAY_AUTH_MODE=token and copies the token file to every node; the submit
+    scripts set RAY_AUTH_MODE=token on the client. With the token a job runs (its driver connects too); without
+    it the Jobs API refuses. Clients run as subprocesses: Ray caches the auth mode per process."""
+    import secrets
+
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    with _head(1, auth) as head:
+        url = f"http://127.0.0.1:{head['dashboard']}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        refused = subprocess.run([RAY, "job", "list", "--address", url], capture_output=True, text=True, timeout=120,
+                                 env={**base, "RAY_AUTH_MODE": "disabled"})
+        ok = subprocess.run([RAY, "job", "submit", "--address", url, "--", sys.executable, "-c",
+                             "import ray; ray.init(); print('nodes', len(ray.nodes()))"],
+                            capture_output=True, text=True, timeout=300, env={**base, **auth})
+    assert refused.returncode != 0 and "Unauthorized" in refused.stdout + refused.stderr, refused.stderr[-2000:]
+    out = ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "nodes 1" in out and "succeeded" in out, out[-3000:]

@@ -87,3 +87,23 @@ def test_cli_tune_bad_space_exits_2_without_traceback(tmp_path, capsys):
     rc = main(["tune", _write(tmp_path, "preset: demo\nspace:\n  algo.threshold: {grid: [2.0]}\n")])
     err = capsys.readouterr().err
     assert rc == 2 and "space.algo.threshold" in err and "Traceback" not in err
+
+
+def test_tune_objects_build_for_each_searcher_and_scheduler():
+    """The Ray Tune side of a space: samplers, ASHA's settings and the Optuna searcher (TPE) for new_dataset."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from cmpl_ray.tune.driver import _scheduler, _searcher
+    from cmpl_ray.tune.space import to_tune_space
+
+    spec = load_space(os.path.join(ROOT, "search_spaces", "new_dataset.yaml"))
+    ts = to_tune_space(spec)
+    assert isinstance(ts["optim.lr"], tune.search.sample.Float) and ts["optim.lr"].lower == 0.005
+    assert isinstance(_searcher(spec), OptunaSearch)
+    asha = _scheduler(spec, epochs=20)
+    assert isinstance(asha, ASHAScheduler) and asha._max_t == 20 and asha._reduction_factor == 3
+    grid = load_space(os.path.join(ROOT, "search_spaces", "table4_frame_rates.yaml"))
+    assert to_tune_space(grid)["data.aux_stride"] == {"grid_search": [8, 4, 2]}
+    assert _searcher(grid) is None and isinstance(_scheduler(grid, 50), FIFOScheduler)

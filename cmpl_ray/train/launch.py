@@ -108,8 +108,13 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
               f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
               f"{steps} steps/epoch x {cfg.train.epochs} epochs", flush=True)
 
+    relay = None
+    if run_id:  # rank 0 logs through an actor on the head node, where the store is reachable (see relay.py)
+        from .relay import start_relay
+
+        relay = start_relay(uri)
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
-                   "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir,
+                   "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
                    "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -127,7 +132,13 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if relay is not None:
+            import ray
+
+            ray.kill(relay)
     wall = time.perf_counter() - t0
     mpath = os.path.join(out_dir, "metrics.json")
     metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})

@@ -29,6 +29,7 @@ from ..models import build_model
 from . import checkpoint as ckpt
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
 from .plots import plot_class_gap, plot_pseudo_label_ratio
+from .relay import RelayClient
 from .tracking import Tracker, write_metrics_json
 
 log = logging.getLogger("cmpl_ray.train")
@@ -56,11 +57,13 @@ def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module |
                            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
 
 
-def _last_logged_step(uri: str, run_id: str | None) -> int:
+def _last_logged_step(uri: str, run_id: str | None, client: Any = None) -> int:
     """Highest step this MLflow run already has (from the per-epoch ``global_step`` metric); -1 if unknown."""
     if not run_id:
         return -1
     try:
+        if client is not None:
+            return client.max_step(run_id, "global_step")
         from mlflow import MlflowClient
 
         return max((m.step for m in MlflowClient(uri).get_metric_history(run_id, "global_step")), default=-1)
@@ -160,9 +163,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and cfg.tracking.enabled:
         # sent once per epoch, before its checkpoint; after a restart, steps the run already logged (the redone
         # part of an epoch that was flushed but not checkpointed) are skipped: no gap, no duplicate step
+        relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
         tracker = Tracker(config["tracking_uri"], config.get("run_id"),
-                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"), flush_every=10**9)
-        logged_through = _last_logged_step(config["tracking_uri"], config.get("run_id")) if state is not None else -1
+                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"), flush_every=10**9, client=relay)
+        logged_through = (_last_logged_step(config["tracking_uri"], config.get("run_id"), relay)
+                          if state is not None else -1)
     total_steps = steps * cfg.train.epochs
     t_run = time.perf_counter()
 
@@ -235,6 +240,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         + f" | skipped {skipped_total}")
             ray.train.report(metrics, checkpoint=checkpoint)
 
+    if start_epoch >= cfg.train.epochs and history:
+        # resumed after the last epoch's checkpoint (e.g. an interrupted sweep re-entering a finished trial):
+        # report the final metrics again so Tune records the trial as complete, not stopped at its last report
+        ray.train.report({k: v for k, v in history[-1].items()})
     if rank == 0:
         out = config["output_dir"]
         os.makedirs(out, exist_ok=True)

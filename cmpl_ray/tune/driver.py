@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,36 @@ def _abs(p: str) -> str:
 
 
 def sweep_dir(storage: str, name: str) -> str:
-    return os.path.join(storage if "://" in storage else str(Path(storage).resolve()), name)
+    """``<storage>/<name>``: a local absolute path, or a URI (``s3://``, ``gs://``, ``file://``) kept as given."""
+    return f"{storage.rstrip('/')}/{name}" if "://" in storage else os.path.join(str(Path(storage).resolve()), name)
+
+
+def _write_text(path: str, text: str) -> None:
+    if "://" in path:  # object storage through pyarrow's filesystems (what Ray Train/Tune use too)
+        import pyarrow.fs as pafs
+
+        fs, p = pafs.FileSystem.from_uri(path)
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode())
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        if "://" in path:
+            import pyarrow.fs as pafs
+
+            fs, p = pafs.FileSystem.from_uri(path)
+            with fs.open_input_stream(p) as f:
+                return f.read().decode()
+        with open(path) as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def _pin_ray_address() -> None:
@@ -67,8 +97,8 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     base = sweep["dir"]
     cfg = load_config(sweep["preset"], sweep["config_path"], overrides_of(sweep["fixed"]) + sweep["overrides"]
                       + overrides_of(values) + [f"run.name={sweep['name']}-{tid}", "run.resume=",
-                                                f"run.output_dir={os.path.join(base, 'trials', tid)}",
-                                                f"run.storage_path={os.path.join(base, 'train')}"])
+                                                f"run.output_dir={os.path.join(sweep['local_dir'], 'trials', tid)}",
+                                                f"run.storage_path={base}/train"])
     tags = {"cmpl.sweep": sweep["name"], "cmpl.trial_id": tid, "cmpl.axes": json.dumps(values, sort_keys=True)}
     run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
                  callbacks=[TuneReportCallback()], verbose=True)
@@ -93,17 +123,23 @@ def _searcher(spec: SweepSpec):
 
 
 def _save_state(d: str, state: dict[str, Any]) -> None:
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, STATE_FILE), "w") as f:
-        json.dump(state, f, indent=1)
+    _write_text(f"{d}/{STATE_FILE}", json.dumps(state, indent=1))
 
 
 def _load_state(d: str) -> dict[str, Any]:
-    path = os.path.join(d, STATE_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no sweep to resume here (check --storage and the sweep name)")
-    with open(path) as f:
-        return json.load(f)
+    text = _read_text(f"{d}/{STATE_FILE}")
+    if text is None:
+        raise FileNotFoundError(f"{d}/{STATE_FILE}: no sweep to resume here (check --storage and the sweep name)")
+    state = json.loads(text)
+    # the space/config files are stored inside the state: a job's upload directory is gone by the next job
+    tmp = tempfile.mkdtemp(prefix="cmpl-sweep-")
+    for key in ("space", "config"):
+        if state.get(f"{key}_text") is not None:
+            path = os.path.join(tmp, os.path.basename(state[f"{key}_path"]))
+            with open(path, "w") as f:
+                f.write(state[f"{key}_text"])
+            state[f"{key}_path"] = path
+    return state
 
 
 def run_sweep(space_path: str | None = None, *, preset: str | None = None, config_path: str | None = None,
@@ -141,7 +177,8 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     state = {"space_path": str(Path(space_path).resolve()), "preset": spec.preset,
              "config_path": str(Path(config_path).resolve()) if config_path else None, "overrides": overrides,
              "num_samples": samples, "max_concurrent": mct, "searcher": spec.searcher, "name": name,
-             "scheduler": spec.scheduler["name"]}
+             "scheduler": spec.scheduler["name"], "space_text": Path(space_path).read_text(),
+             "config_text": Path(config_path).read_text() if config_path else None}
     parent = None
     if base_cfg.tracking.enabled:
         ptags = {"cmpl.sweep": name, "cmpl.role": "sweep"}
@@ -161,7 +198,9 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     # Tune runs each trial in its own working directory: pin paths and the tracking store to absolute ones
     pinned = [f"tracking.uri={uri}"] + [f"data.{k}={_abs(getattr(base_cfg.data, k))}" for k in PATH_KEYS
                                          if getattr(base_cfg.data, k)]
-    sweep = {"name": name, "dir": d, "axes": spec.axes(), "preset": spec.preset, "config_path": state["config_path"],
+    local = d if "://" not in d else str(Path("outputs", "tune", name).resolve())  # trial outputs stay on disk
+    sweep = {"name": name, "dir": d, "local_dir": local, "axes": spec.axes(), "preset": spec.preset,
+             "config_path": state["config_path"],
              "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
     trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
     ensure_ray(num_cpus, dashboard=True)
