@@ -93,9 +93,14 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     tid = tune.get_context().get_trial_id()
     _pin_ray_address()
+    config_path = None
+    if sweep.get("config_text") is not None:  # the trial may run on another node: ship the text, not a path
+        config_path = os.path.join(tempfile.mkdtemp(prefix="cmpl-trial-"), "config.yaml")
+        with open(config_path, "w") as f:
+            f.write(sweep["config_text"])
     values = {a: config[a] for a in sweep["axes"]}
     base = sweep["dir"]
-    cfg = load_config(sweep["preset"], sweep["config_path"], overrides_of(sweep["fixed"]) + sweep["overrides"]
+    cfg = load_config(sweep["preset"], config_path, overrides_of(sweep["fixed"]) + sweep["overrides"]
                       + overrides_of(values) + [f"run.name={sweep['name']}-{tid}", "run.resume=",
                                                 f"run.output_dir={os.path.join(sweep['local_dir'], 'trials', tid)}",
                                                 f"run.storage_path={base}/train"])
@@ -200,8 +205,7 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
                                          if getattr(base_cfg.data, k)]
     local = d if "://" not in d else str(Path("outputs", "tune", name).resolve())  # trial outputs stay on disk
     sweep = {"name": name, "dir": d, "local_dir": local, "axes": spec.axes(), "preset": spec.preset,
-             "config_path": state["config_path"],
-             "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
+             "config_text": state["config_text"], "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
     trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
     ensure_ray(num_cpus, dashboard=True)
     t0 = time.perf_counter()
