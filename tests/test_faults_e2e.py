@@ -159,6 +159,11 @@ def test_demo_http_servers_listen_on_loopback_only(tmp_path):
     text = (tmp_path / "demo.log").read_text()
     assert p.returncode == 0, text[-3000:]
     assert seen, "no listening socket observed: the check did not run"
-    http = [s for s in seen if ("mlflow" in s[3] or "dashboard/dashboard.py" in s[3])]
+    # HTTP servers: MLflow (every port) and the Ray dashboard's HTTP port (its --port); the dashboard process's
+    # other listener is Ray's internal gRPC, in the same all-interface class as the GCS and raylet
+    http = []
+    for pid, ip, port, cmd in seen:
+        if "mlflow" in cmd or ("dashboard/dashboard.py" in cmd and f"--port={port} " in cmd + " "):
+            http.append((pid, ip, port, cmd))
     assert not [s for s in http if s[1] not in ("127.0.0.1", "::1")], http
     assert "Token authentication is enabled" in text  # what guards Ray's own all-interface gRPC ports
