@@ -223,6 +223,10 @@ class TrainConfig:
     """Stop with an error after this many consecutive non-finite losses (each is skipped)."""
     threads_per_worker: int = 0
     """torch intra-op threads per worker on CPU (0 = cpus_per_worker)."""
+    ema_decay: float = 0.0
+    """Evaluate (and export) an exponential moving average of both networks' weights with this decay
+    (warmed up as min(decay, (1+n)/(10+n)) over n steps); 0 = evaluate the live weights. Pseudo-labels always
+    come from the live networks."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -235,6 +239,7 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
         _check(self.threads_per_worker >= 0, "train.threads_per_worker", f"must be >= 0, got {self.threads_per_worker}")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from cmpl_ray.cli import main
 from cmpl_ray.config import load_config
 from cmpl_ray.data.lists import read_list, split_labeled, write_list
+from cmpl_ray.train.checkpoint import load_checkpoint
 from cmpl_ray.train.launch import run_training
 
 pytestmark = pytest.mark.slow
@@ -92,6 +93,11 @@ def test_eval_and_predict_on_checkpoint(trained, synth_root, capsys):
     assert main(["eval", ckpt, "--list", f"{synth_root}/val.txt"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["val_videos"] == 8 and 0 <= res["val_top1"] <= 100
+    state = load_checkpoint(ckpt)
+    assert state["ema"]["updates"] == state["global_step"]  # demo preset evaluates an EMA of the weights
+    # eval loads the EMA weights that validation measured during training: the same numbers come back
+    assert res["val_top1"] == pytest.approx(state["metrics"]["val_top1"])
+    assert res["aux_val_top1"] == pytest.approx(state["metrics"]["aux_val_top1"])
     video = os.path.join(synth_root, read_list(f"{synth_root}/val.txt")[0].path)
     assert main(["predict", ckpt, video, os.path.join(synth_root, "nope.mp4")]) == 0
     lines = capsys.readouterr().out.splitlines()

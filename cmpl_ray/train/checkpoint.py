@@ -51,8 +51,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(directory: str | os.PathLike, *, primary: nn.Module, aux: nn.Module | None,
                     optimizer: torch.optim.Optimizer, scaler: Any, epoch: int, global_step: int,
-                    config: dict[str, Any], metrics: dict[str, float], extra: dict[str, Any] | None = None) -> Path:
-    """Write ``<directory>/checkpoint.pt`` atomically (tmp + rename) and return its path."""
+                    config: dict[str, Any], metrics: dict[str, float], extra: dict[str, Any] | None = None,
+                    ema: Any = None) -> Path:
+    """Write ``<directory>/checkpoint.pt`` atomically (tmp + rename) and return its path.
+
+    ``ema`` (a :class:`~cmpl_ray.train.ema.WeightEma`) is stored under ``"ema"``: the averaged weights that
+    validation measured, which ``eval`` / ``predict`` load.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -67,6 +72,7 @@ def save_checkpoint(directory: str | os.PathLike, *, primary: nn.Module, aux: nn
         "config": config,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "extra": extra or {},
+        "ema": ema.state_dict() if ema is not None else None,
     }
     path = directory / FILENAME
     tmp = directory / (FILENAME + ".tmp")
@@ -92,13 +98,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def restore(state: dict[str, Any], *, primary: nn.Module, aux: nn.Module | None,
-            optimizer: torch.optim.Optimizer | None = None, scaler: Any = None, rng: bool = True) -> None:
-    """Load weights (and optimizer/scaler/RNG when given) from a loaded checkpoint state."""
-    unwrap(primary).load_state_dict(state["primary"])
+            optimizer: torch.optim.Optimizer | None = None, scaler: Any = None, rng: bool = True,
+            weights: str = "live") -> None:
+    """Load weights (and optimizer/scaler/RNG when given) from a loaded checkpoint state.
+
+    weights: ``live`` = the trained weights (resuming); ``ema`` = the averaged weights when the checkpoint has
+    them (evaluation, inference), else the live ones.
+    """
+    sd_p, sd_a = state["primary"], state.get("aux")
+    if weights == "ema" and state.get("ema"):
+        sd_p, sd_a = state["ema"]["nets"][0], state["ema"]["nets"][1] if len(state["ema"]["nets"]) > 1 else None
+    unwrap(primary).load_state_dict(sd_p)
     if aux is not None:
-        if state.get("aux") is None:
+        if sd_a is None:
             raise CheckpointError("checkpoint has no auxiliary network but the config uses one (algo.name=cmpl)")
-        unwrap(aux).load_state_dict(state["aux"])
+        unwrap(aux).load_state_dict(sd_a)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler") is not None:

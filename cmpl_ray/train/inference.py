@@ -24,7 +24,7 @@ def load_models(path: str) -> tuple[Config, torch.nn.Module, torch.nn.Module | N
     if not names:
         names = [f"class_{i}" for i in range(num_classes)]
     primary, aux = build_networks(cfg, num_classes)
-    ckpt.restore(state, primary=primary, aux=aux, rng=False)
+    ckpt.restore(state, primary=primary, aux=aux, rng=False, weights="ema")  # what validation measured
     return cfg, primary.eval(), (aux.eval() if aux is not None else None), names
 
 

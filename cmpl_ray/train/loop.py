@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..algorithm import compute_objective
 from ..config import Config
+from .ema import WeightEma
 
 MEAN, STD = 0.45, 0.225  # PySlowFast's Kinetics normalisation, per channel
 CLIP_KEYS = ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")
@@ -99,8 +100,11 @@ def train_one_epoch(
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    ema: WeightEma | None = None,
 ) -> EpochResult:
     """One epoch of ``steps`` synchronized steps; returns mean statistics and counts.
+
+    ``ema`` (optional :class:`~cmpl_ray.train.ema.WeightEma`) is updated after every optimizer step.
 
     ``log_fn(global_step, stats)`` is called every ``cfg.train.log_every`` steps (rank 0 logs/prints).
     """
@@ -158,6 +162,8 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if ema is not None:
+            ema.update()
         n_clips = int(batch["y_l"].shape[0]) + (int(batch["y_u"].shape[0]) if "y_u" in batch else 0)
         res.clips += n_clips
         window_clips += n_clips

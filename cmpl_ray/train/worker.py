@@ -27,6 +27,7 @@ from ..config import Config, from_dict, save_config
 from ..data.pipeline import ERR_CODES
 from ..models import build_model
 from . import checkpoint as ckpt
+from .ema import WeightEma
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
 from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .relay import RelayClient
@@ -158,6 +159,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(cfg, primary, aux)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+    # EMA of the (DDP-synchronised, hence identical on every rank) weights: what evaluation measures
+    ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    if ema is not None and state is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
 
     tracker, logged_through = None, -1
     if rank == 0 and cfg.tracking.enabled:
@@ -189,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         res = train_one_epoch(primary, aux, optimizer, _epoch_batches(shard, cfg.train.batch_labeled), cfg, epoch=epoch,
                               steps=steps, global_step=global_step, total_steps=total_steps, device=device,
-                              scaler=scaler, log_fn=log_step)
+                              scaler=scaler, log_fn=log_step, ema=ema)
         global_step += res.steps + res.skipped_steps
         # bad samples of every rank -> one warning per file on rank 0, exact counts
         gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples))
@@ -213,7 +218,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
             batches = val_shard.iter_torch_batches(batch_size=2, prefetch_batches=2)
-            counts = _all_reduce_counts(evaluate(primary, aux, batches, num_classes, device))
+            eval_p, eval_a = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
+            counts = _all_reduce_counts(evaluate(eval_p, eval_a, batches, num_classes, device))
             ev = summarize_eval(counts, aux is not None)
             best = max(best, ev["val_top1"])
             metrics.update(ev)
@@ -231,7 +237,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 extra = {"history": history, "best": best, "skipped_total": skipped_total, "good_total": good_total,
                          "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts}
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
-                                     global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra)
+                                     global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra,
+                                     ema=ema)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 if evaluated:
                     say(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
