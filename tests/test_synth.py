@@ -177,3 +177,21 @@ def test_write_video_validation_and_roundtrip(tmp_path, write_mp4):
                 np.zeros((2, 32, min(DECORD_BAD_WIDTHS), 3), np.uint8)):
         with pytest.raises(ValueError):
             write_video(str(tmp_path / "bad.mp4"), bad, 10)
+
+
+def test_object_size_sets_the_shape_scale(tmp_path):
+    """Few-label comparisons use larger objects (compare_algorithms.py --object-size): the rendered area grows
+    with the range, the default stays the demo's, and an impossible range is refused."""
+    def area(size):
+        return np.mean([render_clip("square", np.random.default_rng([0, 1, i]), 4, 64, size)[1][0].sum()
+                        for i in range(8)])
+
+    small, large = area((0.11, 0.16)), area((0.20, 0.26))
+    assert 2.0 < large / small < 4.5  # half-size about 1.7x -> area about 3x
+    default = render_clip("square", np.random.default_rng([0, 1, 0]), 4, 64)[1]
+    assert np.array_equal(default, render_clip("square", np.random.default_rng([0, 1, 0]), 4, 64, (0.11, 0.16))[1])
+    with pytest.raises(ValueError, match="object_size"):
+        make_synthetic_dataset(str(tmp_path / "bad"), num_classes=2, per_class=1, object_size=(0.3, 0.2))
+    s = make_synthetic_dataset(str(tmp_path / "big"), num_classes=2, per_class=1, val_per_class=0,
+                               object_size=(0.2, 0.26))
+    assert s["object_size"] == [0.2, 0.26] and s["train"] == 2

@@ -57,7 +57,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     s = make_synthetic_dataset(args.out, num_classes=args.classes, per_class=args.per_class,
                                seed=args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
-                               val_per_class=args.val_per_class)
+                               val_per_class=args.val_per_class, object_size=tuple(args.object_size))
     print(f"synth: {s['num_classes']} classes ({s['motion_classes']} motion, "
           f"{s['appearance_classes']} appearance), {s['train']} train + {s['val']} val videos "
           f"of {s['num_frames']}x{s['size']}x{s['size']} @ {s['fps']} fps ({s['codec']}) "
@@ -158,6 +158,9 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=_positive_int, default=12, help="frame rate (default 12)")
     p.add_argument("--val-per-class", type=int, default=None,
                    help="val videos per class (default max(1, per-class // 4))")
+    p.add_argument("--object-size", type=float, nargs=2, default=[0.11, 0.16], metavar=("LO", "HI"),
+                   help="object half-size range as a fraction of the frame (default 0.11 0.16; larger = easier "
+                        "shape classes, e.g. 0.20 0.26 for few-label comparisons)")
     p.set_defaults(func=_guarded("synth", _cmd_synth))
 
     p = subparsers.add_parser("prepare", help="convert UCF-101 / Kinetics-400 annotations to list files",
