@@ -307,5 +307,6 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, per_class: int = 
         "root": out_dir, "num_classes": num_classes, "classes": names, "families": families,
         "motion_classes": families.count("motion"), "appearance_classes": families.count("appearance"),
         "train": len(train), "val": len(val), "num_frames": num_frames, "size": size, "fps": fps,
-        "seed": seed, "object_size": list(object_size), "codec": video_codec(), "seconds": round(time.perf_counter() - start, 3),
+        "seed": seed, "object_size": list(object_size), "codec": video_codec(),
+        "seconds": round(time.perf_counter() - start, 3),
     }
