@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP -> the plain module
+from .checkpoint import unwrap
 
 
 class WeightEma:
@@ -33,8 +31,15 @@ class WeightEma:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        self._src = [_unwrap(n) if n is not None else None for n in nets]
-        self.nets = [copy.deepcopy(n).eval().requires_grad_(False) if n is not None else None for n in self._src]
+        src = [unwrap(n) if n is not None else None for n in nets]
+        self.nets = [copy.deepcopy(n).eval().requires_grad_(False) if n is not None else None for n in src]
+        # state_dict() tensors share storage with the modules' parameters and buffers (load_state_dict copies in
+        # place), so the pairs are collected once and each step is one fused foreach op, not a dict walk per net
+        pairs = [(e, s) for m, n in zip(self.nets, src) if n is not None
+                 for e, s in zip(m.state_dict().values(), n.state_dict().values())]
+        floats = [(e, s) for e, s in pairs if e.dtype.is_floating_point]
+        self._float = ([e for e, _ in floats], [s for _, s in floats])
+        self._other = [(e, s) for e, s in pairs if not e.dtype.is_floating_point]
 
     def current_decay(self) -> float:
         """Decay applied by the next :meth:`update`."""
@@ -46,14 +51,9 @@ class WeightEma:
         """Fold the live weights in: ema = d * ema + (1 - d) * live. Call after each optimizer step."""
         d = self.current_decay()
         self.updates += 1
-        for ema, src in zip(self.nets, self._src):
-            if ema is None:
-                continue
-            for e, s in zip(ema.state_dict().values(), src.state_dict().values()):
-                if e.dtype.is_floating_point:
-                    e.lerp_(s.to(e.dtype), 1.0 - d)
-                else:
-                    e.copy_(s)
+        torch._foreach_lerp_(self._float[0], self._float[1], 1.0 - d)
+        for e, s in self._other:
+            e.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "updates": self.updates,
