@@ -10,6 +10,9 @@ Examples::
 
     # synthetic set (written to <out>/data first), fewlabel-cpu recipe, 8 labels/class, seeds 0 1 2
     python scripts/compare_algorithms.py --synth --out outputs/compare --num-cpus 2
+    # more seeds later (another session), one table for all: the earlier rows are merged in
+    python scripts/compare_algorithms.py --synth --out outputs/compare2 --seeds 3 4 5 \
+        --merge outputs/compare/results.csv
     # any dataset
     python scripts/compare_algorithms.py --root /data/ucf101 --train-list /data/ucf101/train.txt \\
         --val-list /data/ucf101/val.txt --classes /data/ucf101/classes.txt --labels-per-class 3 \\
@@ -109,6 +112,31 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     return "\n".join(out) + "\n"
 
 
+def read_rows(path: str) -> list[dict]:
+    """Rows of an earlier study's ``results.csv`` (numbers back to floats, empty cells to None)."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            missing = [k for k in ("algo", "seed", "val_top1") if k not in r]
+            if missing:
+                raise ValueError(f"{path}: not a results.csv of this script (no column {missing[0]!r})")
+            row = {k: (float(r[k]) if r.get(k) not in (None, "") else None) for k in FIELDS
+                   if k not in ("algo", "seed", "error")}
+            row.update(algo=r["algo"], seed=int(r["seed"]), error=r.get("error") or "")
+            rows.append(row)
+    return rows
+
+
+def merge_rows(*groups: list[dict]) -> list[dict]:
+    """Concatenate studies; a later row replaces an earlier one with the same (algo, seed)."""
+    merged: dict[tuple, dict] = {}
+    for rows in groups:
+        for r in rows:
+            merged.pop((r["algo"], r["seed"]), None)
+            merged[(r["algo"], r["seed"])] = r
+    return list(merged.values())
+
+
 def write_outputs(out: Path, rows: list[dict], title: str, notes: list[str]) -> str:
     from cmpl_ray.train.plots import plot_comparison
 
@@ -176,7 +204,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/compare")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the runs to MLflow")
+    p.add_argument("--merge", nargs="+", default=[], metavar="CSV",
+                   help="results.csv files of earlier studies (e.g. seeds run in another session) to include in "
+                        "the table; a run of this study replaces a merged row with the same algo and seed")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write results.md/csv/png into --out from the --merge files")
     a = p.parse_args(argv)
+    if a.table_only:
+        if not a.merge:
+            p.error("--table-only needs --merge CSV [CSV ...]")
+        return a
     if a.synth:
         if a.root or a.train_list or a.val_list:
             p.error("--synth generates its own data: do not also pass --root/--train-list/--val-list")
@@ -191,6 +228,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    merged = merge_rows(*[read_rows(c) for c in a.merge])
+    if a.table_only:
+        out = Path(a.out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        seeds = sorted({r["seed"] for r in merged})
+        md = write_outputs(out, merged, f"{a.labels_per_class} labels/class, seeds {' '.join(map(str, seeds))}",
+                           [f"merged from {', '.join(a.merge)}"])
+        print(md, flush=True)
+        return 0
     from cmpl_ray.config import load_config
     from cmpl_ray.data.lists import read_list, split_labeled, write_list
     from cmpl_ray.train.launch import run_training
@@ -223,12 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     start_ray(a.num_cpus)
     rows: list[dict] = []
+    all_seeds = sorted(set(a.seeds) | {r["seed"] for r in merged})
     title = (f"{Path(root).name}: {a.labels_per_class} labels/class, preset {a.preset}, "
-             f"seeds {' '.join(map(str, a.seeds))}")
+             f"seeds {' '.join(map(str, all_seeds))}")
     notes = [f"preset `{a.preset}`" + (f" + `{a.config}`" if a.config else "")
              + (f", overrides `{' '.join(a.overrides)}`" if a.overrides else ""),
              f"data: root `{root}`, train `{train_list}`, val `{val_list}`; "
-             f"{a.labels_per_class} labeled videos per class (split per seed)"]
+             f"{a.labels_per_class} labeled videos per class (split per seed)"] + (
+             [f"rows merged from {', '.join(a.merge)}"] if a.merge else [])
     t_all = time.perf_counter()
     for seed, algo, scheme in runs:
         split_dir = out / "splits" / f"s{seed}"
@@ -263,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         row["minutes"] = (time.perf_counter() - t0) / 60
         rows.append(row)
-        write_outputs(out, rows, title, notes)  # partial results survive an interrupted study
-    md = write_outputs(out, rows, title, notes)
+        write_outputs(out, merge_rows(merged, rows), title, notes)  # partial results survive an interruption
+    md = write_outputs(out, merge_rows(merged, rows), title, notes)
     print(md, flush=True)
     print(f"[compare] {len(rows)} runs in {(time.perf_counter() - t_all) / 60:.1f} min; wrote {out}/results.csv, "
           f"results.md, comparison.png", flush=True)

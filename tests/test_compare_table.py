@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location("compare_algorithms",
                                               Path(__file__).parents[1] / "scripts" / "compare_algorithms.py")
 compare = importlib.util.module_from_spec(spec)
@@ -27,3 +29,32 @@ def test_margins_count_only_beyond_the_seed_spread():
 def test_single_seed_has_no_verdict():
     md = compare.results_markdown([row("fixmatch", 0, 20.0), row("supervised", 0, 10.0)], "t")
     assert "n/a (needs >= 2 seeds)" in md
+
+
+def test_merge_earlier_studies_into_one_table(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    first = [row("supervised", s, 10.0 + s) for s in (0, 1)] + [row("fixmatch", s, 20.0 + s) for s in (0, 1)]
+    compare.write_outputs(a, first, "a", [])
+    back = compare.read_rows(str(a / "results.csv"))
+    assert back[0]["algo"] == "supervised" and back[0]["seed"] == 0 and back[0]["val_top1"] == 10.0
+    assert back[0]["aux_val_top1"] is None and back[0]["minutes"] == 2.0
+    # a later study: a new seed, and a re-run of (fixmatch, 1) that replaces the earlier row
+    compare.write_outputs(b, [row("supervised", 2, 12.0), row("fixmatch", 2, 22.0), row("fixmatch", 1, 30.0)], "b", [])
+    out = tmp_path / "all"
+    assert compare.main(["--table-only", "--merge", str(a / "results.csv"), str(b / "results.csv"),
+                         "--out", str(out)]) == 0
+    md = (out / "results.md").read_text()
+    assert "| fixmatch | 24.00 +- 5.29 | 20.00 | 30.00 | 22.00 |" in md
+    assert "| fixmatch - supervised | +13.00 | +10.0, +19.0, +10.0 |" in md
+    assert (out / "comparison.png").stat().st_size > 0
+    assert len(compare.read_rows(str(out / "results.csv"))) == 6
+
+
+def test_merge_refuses_a_foreign_csv(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a results.csv"):
+        compare.read_rows(str(tmp_path / "x.csv"))
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--table-only"])

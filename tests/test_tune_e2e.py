@@ -1,4 +1,4 @@
-"""A real Tune sweep end to end: 4 trials of the real trainer on a local Ray, ASHA, MLflow parent/child runs,
+"""A real Tune sweep end to end: 3 trials of the real trainer on a local Ray, ASHA, MLflow parent/child runs,
 ``cmpl-ray report``, and a sweep interrupted with Ctrl-C (SIGINT) and resumed with ``--resume``.
 
 ASHA ranks trials on ``train_lr`` (mode min) here, so which trials it stops is known in advance and the
@@ -31,7 +31,7 @@ fixed:
   train.steps_per_epoch: 2
   train.eval_every: 1
 space:
-  optim.lr: {grid: [0.05, 0.2, 0.1, 0.4]}
+  optim.lr: {grid: [0.05, 0.2, 0.4]}
 """
 
 
@@ -75,7 +75,8 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     assert rc == 130, out1[-3000:]
     assert "resume with: cmpl-ray tune --resume lr" in out1
 
-    # 2) resume: the finished trial is not redone, the others run; ASHA stops the high-lr trials
+    # 2) resume: the finished trial is not redone (not even restored: no Train run starts for it), the others
+    # run; ASHA stops the high-lr trial
     with open(tmp_path / "run2.log", "w") as log:
         p = _run(["tune", "--resume", "lr", *base], tmp_path, log)
         rc = p.wait(timeout=900)
@@ -83,7 +84,8 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     assert rc == 0, out2[-4000:]
     # a trial whose last epoch was checkpointed is not trained again (Tune may re-enter it to finalise)
     assert [h["epoch"] for h in json.loads(open(first[0]).read())["history"]] == [1.0, 2.0]
-    assert "4 trials" in out2 and "stopped early by asha" in out2
+    assert "[cmpl-ray] resumed at epoch 2" not in out2  # finalised from its metrics.json, no Train run restored
+    assert "3 trials" in out2 and "stopped early by asha" in out2
 
     # 3) MLflow: one parent, one child per trial (no duplicate after the resume), tags for status and best
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -92,11 +94,11 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["sweep.axes"] == "optim.lr" and parent.data.params["sweep.scheduler.name"] == "asha"
-    assert parent.data.metrics["trials"] == 4 and parent.data.metrics["early_stopped"] >= 1
+    assert parent.data.metrics["trials"] == 3 and parent.data.metrics["early_stopped"] >= 1
     kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(kids) == 4
+    assert len(kids) == 3
     by_lr = {float(k.data.params["optim.lr"]): k for k in kids}
-    assert set(by_lr) == {0.05, 0.2, 0.1, 0.4}
+    assert set(by_lr) == {0.05, 0.2, 0.4}
     status = {lr: k.data.tags["cmpl.tune.status"] for lr, k in by_lr.items()}
     assert status[0.05] == "completed" and status[0.4] == "early_stopped"
     assert by_lr[0.05].data.tags.get("cmpl.tune.best") == "true"
@@ -113,5 +115,5 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
                           f"sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True, cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     rows = [ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]
-    assert len(rows) == 4 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
+    assert len(rows) == 3 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
     assert "early_stopped" in rep.stdout
