@@ -91,9 +91,11 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append("Margins (top-1 points). `seed spread` = the larger std of the two algorithms; a margin counts "
-               "as real when it exceeds it (and, paired by seed, every per-seed difference has the same sign).")
+               "as real when it exceeds it (and, paired by seed, every per-seed difference has the same sign). "
+               "`paired std` = the std of the per-seed differences (the split's difficulty cancels in them).")
     out.append("")
-    out += ["| margin | mean diff | per-seed diffs (paired) | seed spread | > spread? |", "|---|---|---|---|---|"]
+    out += ["| margin | mean diff | per-seed diffs (paired) | paired std | seed spread | > spread? |",
+            "|---|---|---|---|---|---|"]
     cmpl_rows = [a for a in algos if a.startswith("cmpl")]
     pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
     for a, b in pairs:
@@ -107,8 +109,9 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
             verdict = "n/a (needs >= 2 seeds)"
         else:
             verdict = "yes" if abs(diff) > spread and same_sign else "no"
-        out.append(f"| {a} - {b} | {diff:+.2f} | {', '.join(f'{d:+.1f}' for d in per) or '-'} | {spread:.2f} | "
-                   f"{verdict} |")
+        psd = _mean_std(per)[1] if len(per) >= 2 else float("nan")
+        out.append(f"| {a} - {b} | {diff:+.2f} | {', '.join(f'{d:+.1f}' for d in per) or '-'} | "
+                   f"{'-' if math.isnan(psd) else f'{psd:.2f}'} | {spread:.2f} | {verdict} |")
     return "\n".join(out) + "\n"
 
 

@@ -22,8 +22,8 @@ def test_margins_count_only_beyond_the_seed_spread():
     rows += [row("cmpl", s, v) for s, v in zip((0, 1, 2), (21.0, 19.0, 23.0))]
     md = compare.results_markdown(rows, "t")
     assert "| fixmatch | 21.00 +- 1.00 | 20.00 | 21.00 | 22.00 |" in md
-    assert "| fixmatch - supervised | +10.00 | +10.0, +10.0, +10.0 | 1.00 | yes |" in md
-    assert "| cmpl - fixmatch | +0.00 | +1.0, -2.0, +1.0 | 2.00 | no |" in md
+    assert "| fixmatch - supervised | +10.00 | +10.0, +10.0, +10.0 | 0.00 | 1.00 | yes |" in md
+    assert "| cmpl - fixmatch | +0.00 | +1.0, -2.0, +1.0 | 1.73 | 2.00 | no |" in md
 
 
 def test_single_seed_has_no_verdict():
@@ -47,7 +47,7 @@ def test_merge_earlier_studies_into_one_table(tmp_path):
                          "--out", str(out)]) == 0
     md = (out / "results.md").read_text()
     assert "| fixmatch | 24.00 +- 5.29 | 20.00 | 30.00 | 22.00 |" in md
-    assert "| fixmatch - supervised | +13.00 | +10.0, +19.0, +10.0 |" in md
+    assert "| fixmatch - supervised | +13.00 | +10.0, +19.0, +10.0 | 5.20 |" in md
     assert (out / "comparison.png").stat().st_size > 0
     assert len(compare.read_rows(str(out / "results.csv"))) == 6
 
