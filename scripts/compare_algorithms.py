@@ -11,7 +11,7 @@ Examples::
     # synthetic set (written to <out>/data first), fewlabel-cpu recipe, 8 labels/class, seeds 0 1 2
     python scripts/compare_algorithms.py --synth --out outputs/compare --num-cpus 2
     # more seeds later (another session), one table for all: the earlier rows are merged in
-    python scripts/compare_algorithms.py --synth --out outputs/compare2 --seeds 3 4 5 \
+    python scripts/compare_algorithms.py --synth --out outputs/compare2 --seeds 3 4 5 \\
         --merge outputs/compare/results.csv
     # any dataset
     python scripts/compare_algorithms.py --root /data/ucf101 --train-list /data/ucf101/train.txt \\

@@ -38,6 +38,8 @@ def test_finished_trial_is_recognised_from_its_metrics_json(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"epochs": 2, "history": hist[:1]}))
     assert _finished_metrics(cfg) is None  # stopped after epoch 1
     (tmp_path / "metrics.json").write_text(json.dumps({"epochs": 2, "history": hist}))
+    assert _finished_metrics(cfg) is None  # the worker wrote it, but run_training had not finished
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": 2, "history": hist, "best_checkpoint": "/c"}))
     assert _finished_metrics(cfg) == {"epoch": 2.0, "val_top1": 25.0, "train_lr": 0.01}
     cfg3 = load_config("demo", None, [f"run.output_dir={tmp_path}", "train.epochs=3"])
     assert _finished_metrics(cfg3) is None  # same dir, longer schedule: not finished

@@ -114,16 +114,18 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
 
 def _finished_metrics(cfg) -> dict[str, float] | None:
-    """The last epoch's metrics when this trial's ``metrics.json`` says it trained every epoch, else None.
+    """The last epoch's metrics when this trial's ``run_training`` completed every epoch, else None.
 
-    Tune re-enters a trial that finished training just before the sweep was interrupted (its state still
-    said RUNNING); reporting the final result straight away finalises it without starting a Train worker
-    group that would only restore the last checkpoint and report the same numbers (~40 s per trial on CPU)."""
+    Tune re-enters a trial that finished just before the sweep was interrupted (its state still said
+    RUNNING); reporting the final result straight away finalises it without starting a Train worker group
+    that would only restore the last checkpoint and report the same numbers (~40 s per trial on CPU).
+    ``best_checkpoint`` is written by ``run_training`` after ``fit`` returns, so its presence means the
+    worker's end-of-run work (artifacts, MLflow run closed) is done too; without it the trial is restored."""
     path = os.path.join(cfg.run.output_dir, "metrics.json")
     try:
         m = json.loads(Path(path).read_text())
         last = m["history"][-1]
-        if int(m["epochs"]) == cfg.train.epochs and int(last["epoch"]) >= cfg.train.epochs:
+        if "best_checkpoint" in m and int(m["epochs"]) == cfg.train.epochs and int(last["epoch"]) >= cfg.train.epochs:
             return {k: float(v) for k, v in last.items()}
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         pass
