@@ -98,7 +98,8 @@ class DataConfig:
     randaug_m: int = 10
     """RandAugment magnitude in [0, 30] (FixMatch-style strong view)."""
     cutout: float = 0.5
-    """Cutout square side as a fraction of the crop (0 disables)."""
+    """Largest Cutout square side as a fraction of the crop; each strong clip draws its side uniformly in
+    [0, cutout] (FixMatch's RandAugment convention). 0 disables."""
     eval_clips: int = 10
     """Uniformly spaced temporal clips per validation video (paper: 10)."""
     eval_crops: int = 3

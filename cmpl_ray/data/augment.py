@@ -17,7 +17,7 @@ Why the code looks like this:
   ops run as single-threaded uint8 numpy kernels (:func:`_rand_augment_clip`;
   no OpenMP stalls when loader workers share cores).
 * Cutout is hand-written: FixMatch's Cutout is one grey square of side
-  ``cutout * crop`` centred anywhere (clipped by the border); kornia's
+  ``U(0, cutout) * crop`` centred anywhere (clipped by the border); kornia's
   ``RandomErasing`` samples area and aspect ratio inside the image instead.
 * Randomness: numpy draws come from the caller's ``rng``; kornia's draws come
   from torch's global RNG inside ``torch.random.fork_rng`` seeded from ``rng``,
@@ -244,10 +244,15 @@ def _rand_augment_clip(p: np.ndarray, n_ops: int, magnitude: float, seed: int) -
     return _apply_lut(p, lut)
 
 
-def _cutout(p: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
-    """FixMatch Cutout on planar (C, T, H, W), in place: grey square of side frac*size, same on all frames."""
+def _cutout(p: np.ndarray, max_frac: float, rng: np.random.Generator) -> np.ndarray:
+    """FixMatch Cutout on planar (C, T, H, W), in place: grey square, same on all frames.
+
+    Its side is ``v * size`` with ``v ~ U(0, max_frac)`` drawn per clip, as in FixMatch's RandAugment
+    (``Cutout(img, random() * 0.5)``): a fixed side of ``max_frac`` is twice the average erasure and wipes
+    small actors out of many strong views (their pseudo-labels then teach noise).
+    """
     h, w = p.shape[-2:]
-    side = int(round(frac * min(h, w)))
+    side = int(round(float(rng.uniform(0.0, max_frac)) * min(h, w))) if max_frac > 0 else 0
     cy, cx = float(rng.uniform(0, h)), float(rng.uniform(0, w))
     if side > 0:
         y0, y1 = max(0, int(cy - side / 2)), min(h, int(cy + side / 2))
@@ -295,8 +300,9 @@ def strong(clip: Clip, crop: int, flip: bool, rng: np.random.Generator,
     """Strong view (FixMatch): weak geometry + RandAugment(n_ops, magnitude) + Cutout -> (C, T, crop, crop) uint8.
 
     The flip is drawn independently of the weak view's.  ``magnitude`` is
-    kornia's RandAugment ``m`` in (0, 30); ``n_ops=0`` / ``cutout=0`` skip
-    RandAugment / Cutout.
+    kornia's RandAugment ``m`` in (0, 30); ``cutout`` is the largest Cutout side
+    (fraction of the crop; the side is drawn uniformly below it); ``n_ops=0`` /
+    ``cutout=0`` skip RandAugment / Cutout.
     """
     _check_crop(crop)
     if not 0.0 <= cutout <= 1.0:
