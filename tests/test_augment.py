@@ -95,11 +95,10 @@ def test_standard_is_a_crop_of_the_rescaled_clip():
         A.standard(clip, 32, (24, 40), np.random.default_rng(0))  # scale below crop
 
 
-def test_cutout_is_a_grey_square_on_all_frames():
-    clip = np.full((T, 32, 32, 3), 10, np.uint8)
+def _grey_sides(clip, uniform, seeds=40):
     sides = []
-    for seed in range(40):
-        v = A.strong(clip, 32, False, np.random.default_rng(seed), n_ops=0, cutout=0.5).numpy()
+    for seed in range(seeds):
+        v = A.strong(clip, 32, False, np.random.default_rng(seed), n_ops=0, cutout=0.5, cutout_uniform=uniform).numpy()
         grey = v == A.CUTOUT_FILL
         assert (grey == grey[:, :1]).all()  # same position on every frame
         if not grey.any():
@@ -109,8 +108,16 @@ def test_cutout_is_a_grey_square_on_all_frames():
         assert ys.max() - ys.min() + 1 <= 16 and xs.max() - xs.min() + 1 <= 16  # side <= 0.5 * 32
         assert grey[0, 0].sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a rectangle
         sides.append(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
-    # FixMatch draws the side uniformly in [0, cutout * crop]: sizes vary, with small and near-maximal squares
-    assert min(sides) <= 6 and max(sides) >= 13 and len(set(sides)) >= 6
+    return sides
+
+
+def test_cutout_is_a_grey_square_on_all_frames():
+    clip = np.full((T, 32, 32, 3), 10, np.uint8)
+    fixed = _grey_sides(clip, uniform=False)
+    assert min(fixed) >= 8 and fixed.count(16) >= 10  # side 16 unless the border clips it
+    # uniform: the side is drawn in [0, cutout * crop], so sizes vary, small squares included
+    drawn = _grey_sides(clip, uniform=True)
+    assert min(drawn) <= 6 and max(drawn) >= 13 and len(set(drawn)) >= 6
     untouched = A.strong(clip, 32, False, np.random.default_rng(0), n_ops=0, cutout=0.0)
     assert (untouched.numpy() == 10).all()
 

@@ -17,7 +17,7 @@ Why the code looks like this:
   ops run as single-threaded uint8 numpy kernels (:func:`_rand_augment_clip`;
   no OpenMP stalls when loader workers share cores).
 * Cutout is hand-written: FixMatch's Cutout is one grey square of side
-  ``U(0, cutout) * crop`` centred anywhere (clipped by the border); kornia's
+  ``cutout * crop`` (or ``U(0, cutout) * crop``) centred anywhere (clipped by the border); kornia's
   ``RandomErasing`` samples area and aspect ratio inside the image instead.
 * Randomness: numpy draws come from the caller's ``rng``; kornia's draws come
   from torch's global RNG inside ``torch.random.fork_rng`` seeded from ``rng``,
@@ -244,15 +244,15 @@ def _rand_augment_clip(p: np.ndarray, n_ops: int, magnitude: float, seed: int) -
     return _apply_lut(p, lut)
 
 
-def _cutout(p: np.ndarray, max_frac: float, rng: np.random.Generator) -> np.ndarray:
+def _cutout(p: np.ndarray, frac: float, rng: np.random.Generator, uniform: bool = False) -> np.ndarray:
     """FixMatch Cutout on planar (C, T, H, W), in place: grey square, same on all frames.
 
-    Its side is ``v * size`` with ``v ~ U(0, max_frac)`` drawn per clip, as in FixMatch's RandAugment
-    (``Cutout(img, random() * 0.5)``): a fixed side of ``max_frac`` is twice the average erasure and wipes
-    small actors out of many strong views (their pseudo-labels then teach noise).
+    Side ``frac * size`` (FixMatch-pytorch's ``CutoutAbs(img, 16)`` on 32 px), or with ``uniform`` a side
+    ``v * size``, ``v ~ U(0, frac)`` per clip (TorchSSL/USB's ``Cutout(img, random() * 0.5)``): half the
+    average erasure.
     """
     h, w = p.shape[-2:]
-    side = int(round(float(rng.uniform(0.0, max_frac)) * min(h, w))) if max_frac > 0 else 0
+    side = int(round((float(rng.uniform(0.0, frac)) if uniform else frac) * min(h, w)))
     cy, cx = float(rng.uniform(0, h)), float(rng.uniform(0, w))
     if side > 0:
         y0, y1 = max(0, int(cy - side / 2)), min(h, int(cy + side / 2))
@@ -296,12 +296,12 @@ def weak(clip: Clip, crop: int, flip: bool, rng: np.random.Generator) -> torch.T
 
 
 def strong(clip: Clip, crop: int, flip: bool, rng: np.random.Generator,
-           n_ops: int = 2, magnitude: float = 10, cutout: float = 0.5) -> torch.Tensor:
+           n_ops: int = 2, magnitude: float = 10, cutout: float = 0.5, cutout_uniform: bool = False) -> torch.Tensor:
     """Strong view (FixMatch): weak geometry + RandAugment(n_ops, magnitude) + Cutout -> (C, T, crop, crop) uint8.
 
     The flip is drawn independently of the weak view's.  ``magnitude`` is
-    kornia's RandAugment ``m`` in (0, 30); ``cutout`` is the largest Cutout side
-    (fraction of the crop; the side is drawn uniformly below it); ``n_ops=0`` /
+    kornia's RandAugment ``m`` in (0, 30); ``cutout`` is the Cutout side as a
+    fraction of the crop (with ``cutout_uniform``, its upper bound); ``n_ops=0`` /
     ``cutout=0`` skip RandAugment / Cutout.
     """
     _check_crop(crop)
@@ -312,7 +312,7 @@ def strong(clip: Clip, crop: int, flip: bool, rng: np.random.Generator,
     seed = int(rng.integers(0, 2**63 - 1))
     if n_ops > 0:
         p = _rand_augment_clip(p, n_ops, magnitude, seed)
-    return torch.from_numpy(_cutout(p, cutout, rng))
+    return torch.from_numpy(_cutout(p, cutout, rng, cutout_uniform))
 
 
 def eval_views(clip: Clip, crop: int, num_crops: int) -> torch.Tensor:

@@ -182,7 +182,7 @@ class ClipDecoder:
             for n, c in clips.items():
                 views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
                 views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
-                                                        dc.randaug_m, dc.cutout)
+                                                        dc.randaug_m, dc.cutout, dc.cutout_uniform)
         return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0
 
     def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
