@@ -51,6 +51,25 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (numpy/scipy-free; 1.96 beyond 30).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042}
+
+
+def paired_ci95(diffs: list[float]) -> tuple[float, float]:
+    """95% confidence interval of the mean of paired per-seed differences (Student's t, n-1 dof).
+
+    Why: the seed spread answers "is every split won?", this answers "is the average gain non-zero?"; an
+    interval that excludes 0 says the margin is not a seed accident even where single splits disagree."""
+    if len(diffs) < 2:
+        return float("nan"), float("nan")
+    m, sd = _mean_std(diffs)
+    half = _T975.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
+    return m - half, m + half
+
+
 def _label(algo: str, scheme: str, n_schemes: int) -> str:
     return f"cmpl-{scheme}" if algo == "cmpl" and n_schemes > 1 else algo
 
@@ -92,10 +111,12 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     out.append("")
     out.append("Margins (top-1 points). `seed spread` = the larger std of the two algorithms; a margin counts "
                "as real when it exceeds it (and, paired by seed, every per-seed difference has the same sign). "
-               "`paired std` = the std of the per-seed differences (the split's difficulty cancels in them).")
+               "`paired std` = the std of the per-seed differences (the split's difficulty cancels in them); "
+               "`wins` = seeds where the first is ahead; `95% CI` = Student's t interval of the mean paired "
+               "difference (excludes 0: the average gain is not a seed accident).")
     out.append("")
-    out += ["| margin | mean diff | per-seed diffs (paired) | paired std | seed spread | > spread? |",
-            "|---|---|---|---|---|---|"]
+    out += ["| margin | mean diff | per-seed diffs (paired) | paired std | wins | 95% CI | seed spread | "
+            "> spread? |", "|---|---|---|---|---|---|---|---|"]
     cmpl_rows = [a for a in algos if a.startswith("cmpl")]
     pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
     for a, b in pairs:
@@ -110,8 +131,11 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
         else:
             verdict = "yes" if abs(diff) > spread and same_sign else "no"
         psd = _mean_std(per)[1] if len(per) >= 2 else float("nan")
+        lo, hi = paired_ci95(per)
+        ci = "-" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
         out.append(f"| {a} - {b} | {diff:+.2f} | {', '.join(f'{d:+.1f}' for d in per) or '-'} | "
-                   f"{'-' if math.isnan(psd) else f'{psd:.2f}'} | {spread:.2f} | {verdict} |")
+                   f"{'-' if math.isnan(psd) else f'{psd:.2f}'} | {sum(d > 0 for d in per)}/{len(per)} | {ci} | "
+                   f"{spread:.2f} | {verdict} |")
     return "\n".join(out) + "\n"
 
 

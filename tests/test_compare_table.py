@@ -22,8 +22,17 @@ def test_margins_count_only_beyond_the_seed_spread():
     rows += [row("cmpl", s, v) for s, v in zip((0, 1, 2), (21.0, 19.0, 23.0))]
     md = compare.results_markdown(rows, "t")
     assert "| fixmatch | 21.00 +- 1.00 | 20.00 | 21.00 | 22.00 |" in md
-    assert "| fixmatch - supervised | +10.00 | +10.0, +10.0, +10.0 | 0.00 | 1.00 | yes |" in md
-    assert "| cmpl - fixmatch | +0.00 | +1.0, -2.0, +1.0 | 1.73 | 2.00 | no |" in md
+    assert "| fixmatch - supervised | +10.00 | +10.0, +10.0, +10.0 | 0.00 | 3/3 | [+10.00, +10.00] | 1.00 | yes |" in md
+    # mean 0, sd sqrt(3), t(2) 4.303: half-width 4.303 * sqrt(3) / sqrt(3) = 4.303
+    assert "| cmpl - fixmatch | +0.00 | +1.0, -2.0, +1.0 | 1.73 | 2/3 | [-4.30, +4.30] | 2.00 | no |" in md
+
+
+def test_paired_ci95_hand_computed():
+    lo, hi = compare.paired_ci95([1.0, 2.0, 3.0])  # mean 2, sd 1, se 1/sqrt(3), t(2) 4.303
+    assert lo == pytest.approx(2 - 4.303 / 3 ** 0.5) and hi == pytest.approx(2 + 4.303 / 3 ** 0.5)
+    lo, hi = compare.paired_ci95([4.0] * 40)  # zero spread, normal quantile beyond 30 dof
+    assert (lo, hi) == (4.0, 4.0)
+    assert all(x != x for x in compare.paired_ci95([5.0]))  # one seed: no interval (NaN)
 
 
 def test_single_seed_has_no_verdict():
