@@ -25,6 +25,7 @@ def test_margins_count_only_beyond_the_seed_spread():
     assert "| fixmatch - supervised | +10.00 | +10.0, +10.0, +10.0 | 0.00 | 3/3 | [+10.00, +10.00] | 1.00 | yes |" in md
     # mean 0, sd sqrt(3), t(2) 4.303: half-width 4.303 * sqrt(3) / sqrt(3) = 4.303
     assert "| cmpl - fixmatch | +0.00 | +1.0, -2.0, +1.0 | 1.73 | 2/3 | [-4.30, +4.30] | 2.00 | no |" in md
+    assert "| cmpl - supervised | +10.00 | +11.0, +8.0, +11.0 | 1.73 | 3/3 | [+5.70, +14.30] | 2.00 | yes |" in md
 
 
 def test_paired_ci95_hand_computed():
