@@ -21,10 +21,9 @@ Examples::
     python scripts/compare_algorithms.py --synth --schemes cross self_first maximum
 
 Writes ``<out>/results.csv`` (one row per run), ``<out>/results.md`` (mean +- std of top-1 per algorithm,
-per-seed values, margins CMPL - FixMatch, FixMatch - supervised and CMPL - supervised with wins, a paired-t 95% interval
-and the seed spread) and
-``<out>/comparison.png``; prints the table at the end. A failed run is recorded (val_top1 empty, error column)
-and the study goes on.
+per-seed values, margins CMPL - FixMatch, FixMatch - supervised and CMPL - supervised with seeds won, a paired-t
+95% interval and the seed spread) and ``<out>/comparison.png``; prints the table at the end. A failed run is
+recorded (val_top1 empty, error column) and the study goes on.
 """
 
 from __future__ import annotations
