@@ -55,7 +55,7 @@ def cmd_step(args) -> int:
     import torch
 
     from .algorithm import compute_objective
-    from .train.worker import build_networks, make_optimizer
+    from .train.build import build_networks, make_optimizer
 
     cfg = _config(args)
     torch.manual_seed(cfg.train.seed)

@@ -91,6 +91,13 @@ class DataConfig:
     """Scale jitter range [min, max] of the short side for the standard (labeled) augmentation."""
     test_short_side: int = 256
     """Short side the decoder resizes to for evaluation (paper: 256)."""
+    flip: bool = True
+    """Random horizontal flip (p = 0.5) of the labeled view, one draw per video shared by both networks' clips.
+    Turn it off for classes a mirror image changes (left/right motion, clockwise/anticlockwise turns), or name
+    the pairs in ``data.flip_label_map``."""
+    flip_label_map: str = ""
+    """Classes swapped when a labeled clip is flipped, as ``a:b,c:d`` (class names from classes.txt or ids),
+    mmaction2's ``flip_label_map`` for Something-Something; e.g. ``right:left,orbit_cw:orbit_ccw``."""
     weak_flip: bool = False
     """Random horizontal flip in the weak (teacher) view; the paper uses a centre crop only."""
     randaug_n: int = 2
@@ -129,6 +136,14 @@ class DataConfig:
                "data.train_short_side", f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, got {ss}")
         _check(self.test_short_side >= self.crop_size, "data.test_short_side",
                f"must be >= data.crop_size={self.crop_size}, got {self.test_short_side}")
+        _check(all(len(p.split(":")) == 2 and all(x.strip() for x in p.split(":"))
+                   for p in self.flip_label_map.split(",")) if self.flip_label_map else True,
+               "data.flip_label_map", f"must look like a:b,c:d (class names or ids), got {self.flip_label_map!r}")
+        _check(not (self.flip_label_map and not self.flip), "data.flip_label_map",
+               "is set but data.flip=false: no clip is flipped, so the map would never apply")
+        _check(not (self.weak_flip and (not self.flip or self.flip_label_map)), "data.weak_flip",
+               "cannot flip unlabeled clips when labeled flips are off or remap labels (pseudo-labels would be "
+               "mirrored too); set data.weak_flip=false")
         _check(0 <= self.randaug_n <= 14, "data.randaug_n", f"must be in [0, 14], got {self.randaug_n}")
         _check(0 <= self.randaug_m <= 30, "data.randaug_m", f"must be in [0, 30], got {self.randaug_m}")
         _check(0.0 <= self.cutout < 1.0, "data.cutout", f"must be in [0, 1), got {self.cutout}")
@@ -190,6 +205,8 @@ class OptimConfig:
     """Linear learning-rate warm-up before the cosine decay."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0 = off)."""
+    decay_norm_bias: bool = True
+    """Apply weight decay to BatchNorm weights and biases too (false: decay only conv/linear weights)."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
@@ -206,7 +223,16 @@ class TrainConfig:
     batch_labeled: int = 2
     """B_l: labeled clips per worker per step (B_u = algo.unlabeled_ratio x B_l)."""
     steps_per_epoch: int = 0
-    """Steps per epoch; 0 = len(unlabeled) // (B_u x workers); for supervised, len(labeled)."""
+    """Steps per epoch; 0 = derived from the data: with train.passes > 0 the run's total steps (below) split
+    evenly over train.epochs, else one pass over the unlabeled set, len(unlabeled) // (B_u x workers) (for
+    supervised without an unlabeled list, len(labeled) // (B_l x workers))."""
+    passes: float = 0.0
+    """Size the run from the data: total steps = max(train.min_steps, passes x (labeled + unlabeled videos) /
+    (B_l + B_u) / workers), the same for every algorithm on a split; an epoch is then 1/epochs of the run (a
+    report, evaluation and checkpoint round), so warm-ups in epochs are fractions of the run. 0 = off."""
+    min_steps: int = 0
+    """With train.passes: at least this many steps, whatever the data size (a small set still needs the
+    optimiser to leave its starting plateau; see docs/recipe-study.md)."""
     num_workers: int = 1
     """Ray Train workers (one per GPU on a cluster)."""
     use_gpu: bool = False
@@ -236,6 +262,12 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_labeled >= 1, "train.batch_labeled", f"must be >= 1, got {self.batch_labeled}")
         _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
+        _check(self.passes >= 0, "train.passes", f"must be >= 0 (0 = off), got {self.passes}")
+        _check(self.min_steps >= 0, "train.min_steps", f"must be >= 0, got {self.min_steps}")
+        _check(not (self.min_steps and not self.passes), "train.min_steps",
+               "only applies with train.passes > 0; set train.passes too")
+        _check(not (self.passes and self.steps_per_epoch), "train.passes",
+               f"sizes the run itself; unset train.steps_per_epoch={self.steps_per_epoch} (set it to 0)")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _check(self.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.amp!r}")

@@ -170,7 +170,7 @@ def pipeline_bench(args, device, k):
     probe = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, 0)
     for kind in ("labeled", "unlabeled"):  # surface the real exception (workers only count bad samples)
         try:
-            views, _ = probe._views(kind, labeled[0][0], labeled[0][1])
+            views, _, _ = probe._views(kind, labeled[0][0], labeled[0][1])
             print(f"preflight {kind}: " + ", ".join(f"{n} {tuple(v.shape)}" for n, v in views.items()))
         except Exception:
             import traceback

@@ -70,7 +70,7 @@ def main() -> None:
     dec.safe_views("unlabeled", pairs[0][0], 0)  # warm-up
     t0 = time.perf_counter()
     for path, label in pairs:
-        views, ok, _ = dec.safe_views("unlabeled", path, label)
+        views, ok, _, _ = dec.safe_views("unlabeled", path, label)
         assert ok and len(views) == 4
     pipe_rate = len(pairs) / (time.perf_counter() - t0)
     print(f"videos: {len(pairs)} ({args.size}px source, crop {dc.crop_size}, 8x8 + 16x4 frames, 1 thread)")

@@ -33,7 +33,7 @@ def make_batch(cfg, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def time_steps(cfg, batches, k: int, device=torch.device("cpu")) -> float:
     """Seconds per step of train_one_epoch over the given batches (after one warm-up step)."""
     from cmpl_ray.train.loop import train_one_epoch
-    from cmpl_ray.train.worker import build_networks, make_optimizer
+    from cmpl_ray.train.build import build_networks, make_optimizer
 
     torch.manual_seed(0)
     primary, aux = build_networks(cfg, k)
@@ -51,7 +51,7 @@ def ray_worker(config):
 
     from cmpl_ray.config import from_dict
     from cmpl_ray.train.loop import train_one_epoch
-    from cmpl_ray.train.worker import build_networks, make_optimizer
+    from cmpl_ray.train.build import build_networks, make_optimizer
 
     cfg = from_dict(config["cfg"])
     torch.set_num_threads(config["threads"])

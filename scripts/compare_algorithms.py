@@ -37,7 +37,11 @@ import time
 import traceback
 from pathlib import Path
 
-FIELDS = ["algo", "seed", "val_top1", "val_top5", "mean_class", "aux_val_top1", "minutes", "error"]
+FIELDS = ["algo", "seed", "val_top1", "val_top5", "mean_class", "aux_val_top1", "mask_f", "pl_acc_f", "mask_a",
+          "pl_acc_a", "minutes", "error"]
+# last-epoch training means a row keeps: mask rate and precision of kept pseudo-labels, primary (f) and aux (a)
+PL_STATS = {"mask_f": "train_mask_rate_f", "pl_acc_f": "train_pl_acc_f", "mask_a": "train_mask_rate_a",
+            "pl_acc_a": "train_pl_acc_a"}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -90,8 +94,8 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     out += [f"- {n}" for n in (notes or [])]
     if notes:
         out.append("")
-    head = ["algo", "top-1 mean +- std"] + [f"seed {s}" for s in seeds] + ["top-5 mean", "mean-class mean",
-                                                                          "aux top-1 mean", "min/run"]
+    head = ["algo", "top-1 mean +- std"] + [f"seed {s}" for s in seeds] + [
+        "top-5 mean", "mean-class mean", "aux top-1 mean", "mask f / a", "PL precision f / a", "min/run"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     stats = {}
     for a in algos:
@@ -105,6 +109,9 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
         for key in ("val_top5", "mean_class", "aux_val_top1"):
             v, _ = _mean_std([by[(a, s)][key] for s in seeds if (a, s) in by and by[(a, s)][key] is not None])
             cells.append("-" if math.isnan(v) else f"{v:.2f}")
+        for pair in (("mask_f", "mask_a"), ("pl_acc_f", "pl_acc_a")):  # last-epoch means, as fractions
+            vs = [_mean_std([by[(a, s)].get(k) for s in seeds if (a, s) in by])[0] for k in pair]
+            cells.append(" / ".join("-" if math.isnan(v) else f"{v:.2f}" for v in vs))
         mins, _ = _mean_std([by[(a, s)]["minutes"] for s in seeds if (a, s) in by])
         cells.append(f"{mins:.1f}")
         out.append("| " + " | ".join(cells) + " |")
@@ -207,9 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--classes", default=None,
                    help="with --synth: number of classes (default 8); otherwise: classes.txt "
                         "(default: classes.txt beside --train-list)")
-    d.add_argument("--per-class", type=int, default=48, help="--synth: training videos per class (default 48: "
-                   "8 labeled + 40 unlabeled)")
-    d.add_argument("--val-per-class", type=int, default=32,
+    d.add_argument("--per-class", type=int, default=None, help="--synth: training videos per class (default 48: "
+                   "8 labeled + 40 unlabeled; --suite: 60)")
+    d.add_argument("--val-per-class", type=int, default=None,
                    help="--synth: validation videos per class (default 32: 256 videos on 8 classes, so one "
                         "video is 0.4 points and evaluation noise stays well below the margins)")
     d.add_argument("--synth-seed", type=int, default=0, help="--synth: generator seed (the data, not the runs)")
@@ -220,7 +227,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels-per-class", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--algos", nargs="+", default=["supervised", "fixmatch", "cmpl"],
-                   choices=["supervised", "fixmatch", "cmpl"])
+                   choices=["supervised", "fixmatch", "cmpl", "all-labels"],
+                   help="all-labels = supervised on EVERY training label: the ceiling the few-label rows aim at")
+    p.add_argument("--runner", choices=["ray", "local"], default="ray",
+                   help="ray = cmpl-ray train (Ray Train + Ray Data + MLflow); local = the Ray-free runner "
+                        "(cmpl_ray.train.local: same decoder, loop and evaluation, no MLflow), for quick studies")
+    p.add_argument("--suite", nargs="*", default=None, metavar="FAMILY",
+                   help="run the benchmark suite (cmpl_ray/data/suite.py): every family, or those named, each "
+                        "written under <out>/data/<family>; one table per family + <out>/summary.md")
     p.add_argument("--schemes", nargs="+", default=["cross"],
                    choices=["cross", "self_first", "opposite_first", "maximum", "average"],
                    help="CMPL pseudo-label schemes (Appendix A); more than one adds a cmpl-<scheme> row each")
@@ -238,6 +252,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: write results.md/csv/png into --out from the --merge files")
     a = p.parse_args(argv)
+    suite = a.suite is not None
+    a.per_class = a.per_class or (60 if suite else 48)
+    a.val_per_class = a.val_per_class if a.val_per_class is not None else (50 if suite else 32)
+    if suite:
+        if a.synth or a.root or a.table_only:
+            p.error("--suite writes its own data: do not also pass --synth, --root or --table-only")
+        return a
     if a.table_only:
         if not a.merge:
             p.error("--table-only needs --merge CSV [CSV ...]")
@@ -256,6 +277,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.suite is not None:
+        from compare_suite import run_suite
+
+        return run_suite(a, main)
     merged = merge_rows(*[read_rows(c) for c in a.merge])
     if a.table_only:
         out = Path(a.out).resolve()
@@ -295,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             for scheme in (a.schemes if algo == "cmpl" else ["-"]):
                 runs.append((seed, algo, scheme))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    start_ray(a.num_cpus)
+    if a.runner == "ray":
+        start_ray(a.num_cpus)
     rows: list[dict] = []
     all_seeds = sorted(set(a.seeds) | {r["seed"] for r in merged})
     title = (f"{Path(root).name}: {a.labels_per_class} labels/class, preset {a.preset}, "
@@ -309,31 +335,41 @@ def main(argv: list[str] | None = None) -> int:
     for seed, algo, scheme in runs:
         split_dir = out / "splits" / f"s{seed}"
         lab_path, unl_path = split_dir / "labeled.txt", split_dir / "unlabeled.txt"
+        if algo == "all-labels":
+            split_dir = out / "splits" / "all"
+            lab_path, unl_path = split_dir / "labeled.txt", split_dir / "unlabeled.txt"
         if not lab_path.exists():
-            labeled, unlabeled = split_labeled(items, per_class=a.labels_per_class, seed=seed)
+            labeled, unlabeled = ((items, []) if algo == "all-labels" else
+                                  split_labeled(items, per_class=a.labels_per_class, seed=seed))
             write_list(str(lab_path), labeled)
             write_list(str(unl_path), unlabeled)
         label = _label(algo, scheme, len(a.schemes))
         name = f"cmp-{stamp}-{label}-s{seed}"  # fresh name: never resumes an earlier study's checkpoint
         overrides = [f"data.root={root}", f"data.labeled_list={lab_path}", f"data.unlabeled_list={unl_path}",
                      f"data.val_list={val_list}", f"data.classes_file={classes}"] + list(a.overrides) + [
-                     f"algo.name={algo}", f"train.seed={seed}", f"run.name={name}",
+                     f"algo.name={'supervised' if algo == 'all-labels' else algo}", f"train.seed={seed}",
+                     f"run.name={name}",
                      f"run.output_dir={out / 'runs' / f'{label}-s{seed}'}",
                      f"run.storage_path={out / 'ray_results'}", "run.resume="]
         if algo == "cmpl":
             overrides.append(f"algo.scheme={scheme}")
-        if a.no_tracking:
+        if a.no_tracking or a.runner == "local":
             overrides.append("tracking.enabled=false")
         cfg = load_config(a.preset, a.config, overrides)
         print(f"[compare] ({len(rows) + 1}/{len(runs)}) {label} seed {seed}", flush=True)
         t0 = time.perf_counter()
-        row = {"algo": label, "seed": seed, "val_top1": None, "val_top5": None, "mean_class": None,
-               "aux_val_top1": None, "minutes": None, "error": ""}
+        row = {k: None for k in FIELDS} | {"algo": label, "seed": seed, "error": ""}
         try:
-            m = run_training(cfg, extra_tags={"cmpl.study": f"compare-{stamp}", "cmpl.algo_label": label})
+            if a.runner == "local":
+                from cmpl_ray.train.local import run_local
+
+                m = run_local(cfg, loader_workers=1, threads=1, log=None)
+            else:
+                m = run_training(cfg, extra_tags={"cmpl.study": f"compare-{stamp}", "cmpl.algo_label": label})
             row.update(val_top1=float(m["val_top1"]), val_top5=float(m.get("val_top5", float("nan"))),
                        mean_class=float(m.get("val_mean_class_acc", float("nan"))),
-                       aux_val_top1=float(m["aux_val_top1"]) if "aux_val_top1" in m else None)
+                       aux_val_top1=float(m["aux_val_top1"]) if "aux_val_top1" in m else None,
+                       **{k: float(m[src]) for k, src in PL_STATS.items() if src in m})
         except Exception as e:  # one failed run must not lose the others
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {e}"[:300]

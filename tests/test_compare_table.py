@@ -68,3 +68,31 @@ def test_merge_refuses_a_foreign_csv(tmp_path):
         compare.read_rows(str(tmp_path / "x.csv"))
     with pytest.raises(SystemExit):
         compare.parse_args(["--table-only"])
+
+
+def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
+    """summary.md of ``--suite``: per-family means, paired margins with CI, wins counted on tuned families only."""
+    import csv
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import compare_suite
+
+    vals = {"direction": {"all-labels": (90, 92, 91), "supervised": (40, 42, 44), "fixmatch": (50, 51, 55),
+                          "cmpl": (55, 57, 58)},
+            "heldout": {"all-labels": (70, 71, 72), "supervised": (30, 31, 32), "fixmatch": (29, 30, 31),
+                        "cmpl": (33, 33, 33)}}
+    for fam, algos in vals.items():
+        (tmp_path / fam).mkdir()
+        with open(tmp_path / fam / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=compare.FIELDS)
+            w.writeheader()
+            for algo, xs in algos.items():
+                for seed, x in enumerate(xs):
+                    w.writerow({"algo": algo, "seed": seed, "val_top1": x, "minutes": 1.0,
+                                "aux_val_top1": 20.0 if algo == "cmpl" else ""})
+    md = compare_suite.summary_markdown(tmp_path, ["direction", "heldout", "speed"])
+    assert "| direction | no | 6 | 91.0 (1.0) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
+    assert "+10.0 [" in md and "| heldout | yes |" in md and "| speed | no | - | not run |" in md
+    assert "- fixmatch > supervised on 1/1 tuned families; held-out `heldout`: -1.0" in md
+    assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: +3.0" in md

@@ -262,11 +262,14 @@ def _cutout(p: np.ndarray, frac: float, rng: np.random.Generator, uniform: bool 
 
 
 # ----------------------------------------------------------------------------- views
-def standard(clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+def standard(clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Generator,
+             flip: bool | None = None) -> torch.Tensor:
     """Labeled-data view (PySlowFast train augmentation) -> (C, T, crop, crop) uint8.
 
     Short-side scale jitter to ``S ~ U[scale[0], scale[1]]`` (rounded), random
-    ``crop`` x ``crop`` crop, random horizontal flip; one draw per clip.
+    ``crop`` x ``crop`` crop, horizontal flip; one draw per clip. ``flip``: None = flip with p 0.5,
+    True / False = the caller decided (one decision per video, shared by the primary's and the
+    auxiliary's clips, so a remapped label fits both).
     """
     _check_crop(crop)
     lo, hi = int(scale[0]), int(scale[1])
@@ -282,7 +285,9 @@ def standard(clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Gener
     y0 = int(rng.integers(0, new_h - crop + 1))
     x0 = int(rng.integers(0, new_w - crop + 1))
     a = _resize(a, (new_h, new_w))[:, y0:y0 + crop, x0:x0 + crop]  # (T, crop, crop, C)
-    return torch.from_numpy(_planar(_maybe_flip(a, True, rng)))
+    if flip is None:
+        return torch.from_numpy(_planar(_maybe_flip(a, True, rng)))
+    return torch.from_numpy(_planar(a[:, :, ::-1] if flip else a))
 
 
 def weak(clip: Clip, crop: int, flip: bool, rng: np.random.Generator) -> torch.Tensor:

@@ -55,13 +55,36 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from cmpl_ray.data.synth import make_synthetic_dataset  # imports PyAV/decord lazily
 
     start = time.perf_counter()
-    s = make_synthetic_dataset(args.out, num_classes=args.classes, per_class=args.per_class,
+    if args.family:
+        return _synth_family(args, start)
+    s = make_synthetic_dataset(args.out, num_classes=args.classes, per_class=args.per_class or 20,
                                seed=args.seed, num_frames=args.frames, size=args.size, fps=args.fps,
                                val_per_class=args.val_per_class, object_size=tuple(args.object_size))
     print(f"synth: {s['num_classes']} classes ({s['motion_classes']} motion, "
           f"{s['appearance_classes']} appearance), {s['train']} train + {s['val']} val videos "
           f"of {s['num_frames']}x{s['size']}x{s['size']} @ {s['fps']} fps ({s['codec']}) "
           f"in {time.perf_counter() - start:.1f} s -> {args.out}")
+    return 0
+
+
+def _synth_family(args: argparse.Namespace, start: float) -> int:
+    """``--family NAME`` writes one benchmark-suite family to OUT; ``--family all`` every family to OUT/<name>."""
+    from cmpl_ray.data.suite import FAMILIES, write_family
+
+    names = list(FAMILIES) if args.family == "all" else [args.family]
+    if names[0] not in FAMILIES:
+        raise ValueError(f"unknown family {args.family!r}; families: {', '.join(FAMILIES)} or all")
+    val = 50 if args.val_per_class is None else args.val_per_class
+    per_class = 60 if args.per_class is None else args.per_class
+    for name in names:
+        out = os.path.join(args.out, name) if args.family == "all" else args.out
+        s = write_family(out, name, per_class, val, seed=args.seed)
+        fam = FAMILIES[name]
+        print(f"synth {name}{' (held out: never tune on it)' if fam.held_out else ''}: {len(fam.classes)} classes "
+              f"carried by {fam.cue}, {s['train']} train + {s['val']} val videos of {fam.frames}x{fam.height}x"
+              f"{fam.width} @ {fam.fps} fps in {s['seconds']:.1f} s -> {out}"
+              + (f"\n  flip pairs: --set data.flip_label_map={s['flip_label_map']}" if s["flip_label_map"] else ""))
+    print(f"synth: done in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -151,13 +174,17 @@ def register(subparsers) -> None:
                     "a static object (the temporal vs spatial split that CMPL exploits).")
     p.add_argument("out", help="output directory")
     p.add_argument("--classes", type=_positive_int, default=8, help="number of classes (1..16, default 8)")
-    p.add_argument("--per-class", type=_positive_int, default=20, help="train videos per class (default 20)")
+    p.add_argument("--family", default=None,
+                   help="write a benchmark-suite family instead (direction, speed, scale, appearance, flicker, "
+                        "heldout) or 'all' of them under OUT/<family>/; see cmpl_ray/data/suite.py")
+    p.add_argument("--per-class", type=_positive_int, default=None,
+                   help="train videos per class (default 20; 60 with --family)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--frames", type=_positive_int, default=48, help="frames per video (default 48)")
     p.add_argument("--size", type=_positive_int, default=64, help="frame height = width (default 64)")
     p.add_argument("--fps", type=_positive_int, default=12, help="frame rate (default 12)")
     p.add_argument("--val-per-class", type=int, default=None,
-                   help="val videos per class (default max(1, per-class // 4))")
+                   help="val videos per class (default max(1, per-class // 4); 50 with --family)")
     p.add_argument("--object-size", type=float, nargs=2, default=[0.11, 0.16], metavar=("LO", "HI"),
                    help="object half-size range as a fraction of the frame (default 0.11 0.16; larger = easier "
                         "shape classes, e.g. 0.20 0.26 for few-label comparisons)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from typing import Any
 
@@ -52,11 +53,44 @@ def class_names(cfg: Config) -> list[str]:
                             "pass --set model.num_classes=N or write classes.txt beside the labeled list")
 
 
+def resolve_flip_map(spec: str, names: list[str]) -> list[int] | None:
+    """``data.flip_label_map`` (``a:b,c:d``, names or ids) -> the label of each class after a horizontal flip;
+    None when no pair is given. Pairs swap both ways; an unknown class is refused naming the key."""
+    if not spec:
+        return None
+    out = list(range(len(names)))
+
+    def cid(x: str) -> int:
+        x = x.strip()
+        if x in names:
+            return names.index(x)
+        if x.isdigit() and int(x) < len(names):
+            return int(x)
+        raise ValueError(f"data.flip_label_map: {x!r} is not a class name or id (classes: {names})")
+
+    for pair in spec.split(","):
+        a, b = (cid(x) for x in pair.split(":"))
+        out[a], out[b] = b, a
+    return out
+
+
+def total_steps(cfg: Config, n_labeled: int, n_unlabeled: int, world: int) -> int:
+    """Steps of a run sized by ``train.passes``: max(min_steps, passes x videos / (B_l + B_u) / workers).
+
+    Why both terms: passes scale the run with the data (a 10x larger set trains 10x longer), the floor keeps
+    a small set from stopping while the optimiser is still on its starting plateau (docs/recipe-study.md)."""
+    b = cfg.train.batch_labeled * (1 + (cfg.algo.unlabeled_ratio if n_unlabeled else 0)) * world
+    return max(cfg.train.min_steps, math.ceil(cfg.train.passes * (n_labeled + n_unlabeled) / b))
+
+
 def steps_per_epoch(cfg: Config, n_labeled: int, n_unlabeled: int, world: int) -> int:
-    """Steps per epoch: one pass over the unlabeled set (the same for every algorithm, so baselines train
-    exactly as many steps as CMPL); the labeled stream cycles to fill them."""
+    """Steps per epoch, the same for every algorithm (so baselines train exactly as many steps as CMPL):
+    ``train.steps_per_epoch`` if set; with ``train.passes`` the run's :func:`total_steps` over ``train.epochs``;
+    else one pass over the unlabeled set, the labeled stream cycling to fill it."""
     if cfg.train.steps_per_epoch:
         return cfg.train.steps_per_epoch
+    if cfg.train.passes:
+        return -(-total_steps(cfg, n_labeled, n_unlabeled, world) // cfg.train.epochs)
     b_u = cfg.algo.unlabeled_ratio * cfg.train.batch_labeled
     n = n_unlabeled // (b_u * world) if n_unlabeled else n_labeled // (cfg.train.batch_labeled * world)
     if n < 1:
@@ -115,7 +149,7 @@ class ClipDecoder:
 
     def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
                  labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
-                 ratio: int = 0):
+                 ratio: int = 0, flip_map: list[int] | None = None):
         import torch
 
         torch.set_num_threads(1)  # one decode actor = one core; parallelism comes from the pool
@@ -123,18 +157,19 @@ class ClipDecoder:
         self.rng = np.random.default_rng([seed, os.getpid(), int.from_bytes(os.urandom(4), "little")])
         self.seed, self.labeled, self.unlabeled = seed, labeled or [], unlabeled or []
         self.ratio = ratio
+        self.flip_map = list(flip_map) if flip_map else list(range(num_classes))  # label of a flipped clip
         self.t_p = self.dc.raw_clip_len // self.dc.primary_stride
         self.t_a = self.dc.raw_clip_len // self.dc.aux_stride
         self.warned: set[str] = set()
 
     # -- one video --------------------------------------------------------------------------------------
-    def _decode_train(self, path: str, size: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def _decode_train(self, path: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool]:
         dc = self.dc
         t_p = dc.raw_clip_len // dc.primary_stride
 
         def choose(n: int, fps: float) -> np.ndarray:
             idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
-                                                dc.time_offset, self.rng)
+                                                dc.time_offset, rng)
             return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
 
         frames, n, _ = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)  # (T,H,W,3)
@@ -163,27 +198,32 @@ class ClipDecoder:
             out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
         return out[0], out[1], n < dc.raw_clip_len
 
-    def _views(self, kind: str, path: str, label: int) -> tuple[dict[str, np.ndarray], int]:
-        """Views of one video, or raises BadVideo. kind: labeled | unlabeled | val."""
-        dc, rng = self.dc, self.rng
+    def _views(self, kind: str, path: str, label: int,
+               rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int]:
+        """(views, code, label) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The label
+        comes back remapped (``data.flip_label_map``) when a labeled clip was flipped."""
+        dc, rng = self.dc, rng or self.rng
         if not 0 <= label < self.k:
             raise BadVideo("bad_label")
         if kind == "val":
             vp, va, short = self._decode_val(path)
             views = {"v_p": vp} if va is None else {"v_p": vp, "v_a": va}
-            return views, LOOPED if short else 0
+            return views, LOOPED if short else 0, label
         size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
-        fp, fa, short = self._decode_train(path, size)
+        fp, fa, short = self._decode_train(path, size, rng)
         clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
         if kind == "labeled":
-            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng) for n, c in clips.items()}
+            flipped = bool(dc.flip and rng.random() < 0.5)  # one decision for both networks' clips
+            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng, flipped)
+                     for n, c in clips.items()}
+            label = self.flip_map[label] if flipped else label
         else:
             views = {}
             for n, c in clips.items():
                 views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
                 views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
                                                         dc.randaug_m, dc.cutout, dc.cutout_uniform)
-        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0
+        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label
 
     def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
         s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
@@ -194,22 +234,31 @@ class ClipDecoder:
                 "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[kind]
         return {k: shp for k, shp in keys.items() if self.with_aux or not k.endswith("_a")}
 
-    def safe_views(self, kind: str, path: str, label: int) -> tuple[dict[str, np.ndarray], bool, int]:
-        """(views, valid, err code): a bad video becomes zero clips + an error code, never an exception."""
+    def safe_views(self, kind: str, path: str, label: int,
+                   rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], bool, int, int]:
+        """(views, valid, err code, label): a bad video becomes zero clips + an error code, never an exception."""
         code = PAD
         if path:
             try:
-                views, code = self._views(kind, path, label)
+                views, code, label = self._views(kind, path, label, rng)
                 if code == LOOPED:
                     self._warn_once(path, code)
-                return views, True, code
+                return views, True, code, label
             except BadVideo as e:
                 code = _code(e)
             except Exception as e:  # a decoder bug or odd file must not kill the epoch either
                 log.debug("decode failed for %s: %r", path, e)
                 code = 3
             self._warn_once(path, code)
-        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code
+        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code, label
+
+    def _row_rngs(self, batch: dict[str, np.ndarray], n: int):
+        """One generator per row from (seed, key, video slot) when rows carry a ``key`` (the sample's identity:
+        epoch and position), so a clip does not depend on which actor decodes it or in what order; else the
+        actor's own stream."""
+        if "key" not in batch:
+            return [lambda j: self.rng] * n
+        return [(lambda j, key=int(key): np.random.default_rng([self.seed, key, j])) for key in batch["key"]]
 
     def _warn_once(self, path: str, code: int) -> None:
         if path not in self.warned:
@@ -226,9 +275,9 @@ class ClipDecoder:
         meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
         if self.unlabeled:
             meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index")})
-        for row in rows:
+        for row, rng_of in zip(rows, self._row_rngs(batch, len(rows))):
             path, label = self.labeled[row[0]]
-            views, ok, code = self.safe_views("labeled", path, label)
+            views, ok, code, label = self.safe_views("labeled", path, label, rng_of(0))
             for k, v in views.items():
                 cols.setdefault(k, []).append(v)
             meta["y_l"].append(label if ok else 0), meta["l_valid"].append(ok)
@@ -236,9 +285,10 @@ class ClipDecoder:
             if not self.unlabeled:
                 continue
             per: dict[str, list] = {}
-            for ui in row[1: 1 + self.ratio]:
+            for j, ui in enumerate(row[1: 1 + self.ratio]):
                 path, label = self.unlabeled[ui]
-                views, ok, code = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0)
+                views, ok, code, _ = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0,
+                                                     rng_of(1 + j))
                 for k, v in views.items():
                     per.setdefault(k, []).append(v)
                 meta["y_u"].append(label), meta["u_valid"].append(ok)
@@ -257,7 +307,7 @@ class ClipDecoder:
         cols: dict[str, list] = {}
         ys, valid, errs = [], [], []
         for path, label in items:
-            views, ok, code = self.safe_views("val", path, label)
+            views, ok, code, _ = self.safe_views("val", path, label)
             for k, v in views.items():
                 cols.setdefault(k, []).append(v)
             ys.append(label if ok else 0), valid.append(ok), errs.append(code)
@@ -280,7 +330,7 @@ def _pairs(items: list[VideoItem], root: str) -> list[tuple[str, int]]:
 
 
 def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
-                        world: int, steps: int):
+                        world: int, steps: int, flip_map: list[int] | None = None):
     """One epoch of rows (steps x B_l x world), each = 1 labeled + ``ratio`` unlabeled videos, iterated once
     per epoch. Only small index blocks are materialised; their order is re-randomised every epoch (seeded,
     no all-to-all shuffle tasks) and decoding happens lazily in one actor pool, so memory stays bounded and
@@ -306,7 +356,8 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
         fn_constructor_kwargs={"mode": "train", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
                                "with_aux": cfg.uses_aux, "seed": cfg.train.seed,
                                "labeled": _pairs(labeled, cfg.data.root),
-                               "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None, "ratio": ratio},
+                               "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None, "ratio": ratio,
+                               "flip_map": flip_map},
         batch_size=cfg.data.decode_batch,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,

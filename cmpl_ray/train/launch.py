@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.pipeline import build_train_dataset, build_val_dataset, class_names, read_split_lists, steps_per_epoch
+from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_flip_map,
+                             steps_per_epoch)
 from . import tracking
 
 
@@ -79,13 +80,14 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     labeled, unlabeled, val = read_split_lists(cfg)
     names = class_names(cfg)
     num_classes = cfg.model.num_classes or len(names)
+    flip_map = resolve_flip_map(cfg.data.flip_label_map, names)  # refused here, before any Ray work
     preflight(cfg, labeled, "labeled_list")
     if cfg.algo.name != "supervised":
         preflight(cfg, unlabeled, "unlabeled_list")
     world = cfg.train.num_workers
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
     ensure_ray()
-    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps),
+    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map),
                 "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
 
     out_dir = str(Path(cfg.run.output_dir).resolve())

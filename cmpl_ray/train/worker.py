@@ -25,8 +25,8 @@ import ray.train.torch
 
 from ..config import Config, from_dict, save_config
 from ..data.pipeline import ERR_CODES
-from ..models import build_model
 from . import checkpoint as ckpt
+from .build import build_networks, make_optimizer
 from .ema import WeightEma
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
 from .plots import plot_class_gap, plot_pseudo_label_ratio
@@ -40,22 +40,6 @@ def say(msg: str) -> None:
     """Progress line on stdout. Not print(): Ray Train V2 patches print into its logger, which shows it twice."""
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
-
-
-def build_networks(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """Primary F and (for CMPL) auxiliary A, from ``model.*``; aux_arch 'same' = Table 3's separate-weights twin."""
-    primary = build_model(cfg.model.primary_arch, num_classes, cfg.model.primary_width, cfg.model.dropout)
-    aux = None
-    if cfg.uses_aux:
-        arch, width = cfg.aux_spec()
-        aux = build_model(arch, num_classes, width, cfg.model.dropout)
-    return primary, aux
-
-
-def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module | None) -> torch.optim.Optimizer:
-    params = list(primary.parameters()) + (list(aux.parameters()) if aux is not None else [])
-    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
 
 
 def _last_logged_step(uri: str, run_id: str | None, client: Any = None) -> int:

@@ -1,0 +1,105 @@
+"""Ray-free runner: the trainer's decoder, loop and evaluation on one process, fed by a torch ``DataLoader``.
+
+Why: the same ``ClipDecoder``, ``train_one_epoch`` and ``evaluate`` as a Ray Train run, without a cluster,
+for recipe studies (``scripts/recipe_study.py``), the GPU study on machines without Ray
+(``scripts/gpu_study.sh``) and tests. Results are NOT logged to MLflow and no checkpoints are written; use
+``cmpl-ray train`` for real runs.
+
+Sampling is a function of (``train.seed``, epoch, position): every epoch draws fresh labeled/unlabeled
+groupings (``epoch_rows`` seeded by (seed, epoch)), and each sample's clip positions and augmentations come
+from its own generator, so two runs with the same config see the same clips whatever the number of loader
+processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.pipeline import (ClipDecoder, _pairs, class_names, epoch_rows, iter_val_batches, read_split_lists,
+                             resolve_flip_map, steps_per_epoch)
+from .build import build_networks, make_optimizer
+from .ema import WeightEma
+from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
+
+KEY_STRIDE = 1 << 32  # key = epoch * KEY_STRIDE + position: unique per sample of a run
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item i = the decoded batch of step i: ``ClipDecoder`` over rows[i*B_l:(i+1)*B_l] with their keys."""
+
+    def __init__(self, decoder: ClipDecoder, rows: np.ndarray, keys: np.ndarray, b_l: int):
+        self.decoder, self.rows, self.keys, self.b_l = decoder, rows, keys, b_l
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.b_l
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sl = slice(i * self.b_l, (i + 1) * self.b_l)
+        out = self.decoder({"data": self.rows[sl], "key": self.keys[sl]})
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+        return {k: (v.flatten(0, 1) if k.startswith(("u_", "y_u")) else v) for k, v in out.items()}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", threads: int = 0,
+              log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train ``cfg`` and evaluate every ``train.eval_every`` epochs; returns the final metrics with a per-epoch
+    ``history`` and ``per_class`` top-1 (primary, and auxiliary for CMPL)."""
+    labeled, unlabeled, val = read_split_lists(cfg)
+    names = class_names(cfg)
+    k = cfg.model.num_classes or len(names)
+    semi = cfg.algo.name != "supervised"
+    ratio = cfg.algo.unlabeled_ratio if semi else 0
+    steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), 1)
+    b_l = cfg.train.batch_labeled
+    dev = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)
+    primary, aux = build_networks(cfg, k)
+    primary, aux = primary.to(dev), (aux.to(dev) if aux is not None else None)
+    optimizer = make_optimizer(cfg, primary, aux)
+    ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, cfg.train.seed,
+                      _pairs(labeled, cfg.data.root), _pairs(unlabeled, cfg.data.root) if semi else None, ratio,
+                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names))
+    total = steps * cfg.train.epochs
+    history: list[dict[str, float]] = []
+    counts = None
+    t_run = time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, steps * b_l, ratio, [cfg.train.seed, epoch])
+        keys = epoch * KEY_STRIDE + np.arange(len(rows), dtype=np.int64)
+        loader = torch.utils.data.DataLoader(StepBatches(dec, rows, keys, b_l), batch_size=None,
+                                             num_workers=loader_workers, prefetch_factor=4 if loader_workers else None,
+                                             worker_init_fn=_worker_init if loader_workers else None)
+        res = train_one_epoch(primary, aux, optimizer, loader, cfg, epoch=epoch, steps=steps,
+                              global_step=epoch * steps, total_steps=total, device=dev, ema=ema)
+        row = {f"train_{n}": v for n, v in res.means.items()}
+        row.update(epoch=epoch + 1, epoch_seconds=res.seconds, skipped_samples=len(res.bad_samples))
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            nets = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
+            counts = evaluate(nets[0], nets[1], iter_val_batches(cfg, val, k, aux is not None, threads=2), k, dev)
+            row.update(summarize_eval(counts, aux is not None))
+        history.append(row)
+        if log:
+            ev = f" val top1 {row['val_top1']:.1f}" if "val_top1" in row else ""
+            ev += f" aux {row['aux_val_top1']:.1f}" if "aux_val_top1" in row else ""
+            log(f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
+                f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)")
+    final = dict(history[-1])
+    final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names)
+    if counts is not None:
+        final["per_class"] = per_class_accuracy(counts)
+        if aux is not None:
+            final["aux_per_class"] = per_class_accuracy(counts, "aux_")
+    return final
