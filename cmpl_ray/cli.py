@@ -64,7 +64,7 @@ def cmd_step(args) -> int:
     opt = make_optimizer(cfg, primary, aux)
     d, b_l = cfg.data, cfg.train.batch_labeled
     b_u = b_l * cfg.algo.unlabeled_ratio
-    tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size
+    tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size or d.max_crop
     batch = {"l_p": torch.randn(b_l, 3, tp, s, s), "l_a": torch.randn(b_l, 3, ta, s, s),
              "y_l": torch.randint(0, k, (b_l,)), "y_u": torch.randint(0, k, (b_u,))}
     for v in ("weak", "strong"):

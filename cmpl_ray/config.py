@@ -86,11 +86,16 @@ class DataConfig:
     time_offset: float = 10.0
     """t_s in seconds: max shift between the primary's and the auxiliary's windows (Table 5)."""
     crop_size: int = 224
-    """Training/eval crop size in pixels."""
+    """Training/eval crop size in pixels; 0 = derived from the videos: their short side (probed from the
+    labeled list at start) rounded down to a multiple of 8 and capped at data.max_crop, so a 64 px set is not
+    shrunk to 40 px and a 96 px set is not wasted on a 40 px network input."""
+    max_crop: int = 56
+    """Cap of the derived crop (data.crop_size=0): compute grows with its square."""
     train_short_side: list[int] = field(default_factory=lambda: [256, 320])
-    """Scale jitter range [min, max] of the short side for the standard (labeled) augmentation."""
+    """Scale jitter range [min, max] of the short side for the standard (labeled) augmentation;
+    [0, 0] = derived: [crop, round(crop x 8 / 7)] (the paper's 224 -> [256, 320] is milder than CPU crops need)."""
     test_short_side: int = 256
-    """Short side the decoder resizes to for evaluation (paper: 256)."""
+    """Short side the decoder resizes to for evaluation (paper: 256); 0 = derived: the crop size."""
     flip: bool = True
     """Random horizontal flip (p = 0.5) of the labeled view, one draw per video shared by both networks' clips.
     Turn it off for classes a mirror image changes (left/right motion, clockwise/anticlockwise turns), or name
@@ -130,12 +135,16 @@ class DataConfig:
             _check(isinstance(s, int) and s >= 1 and self.raw_clip_len % s == 0, f"data.{key}",
                    f"must be a positive divisor of data.raw_clip_len={self.raw_clip_len}, got {s}")
         _check(self.time_offset >= 0, "data.time_offset", f"must be >= 0 seconds, got {self.time_offset}")
-        _check(self.crop_size >= 8, "data.crop_size", f"must be >= 8, got {self.crop_size}")
+        _check(self.crop_size == 0 or self.crop_size >= 8, "data.crop_size",
+               f"must be >= 8 (or 0 = derived from the videos), got {self.crop_size}")
+        _check(self.max_crop >= 8, "data.max_crop", f"must be >= 8, got {self.max_crop}")
         ss = self.train_short_side
-        _check(isinstance(ss, list) and len(ss) == 2 and ss[0] <= ss[1] and ss[0] >= self.crop_size,
-               "data.train_short_side", f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, got {ss}")
-        _check(self.test_short_side >= self.crop_size, "data.test_short_side",
-               f"must be >= data.crop_size={self.crop_size}, got {self.test_short_side}")
+        _check(isinstance(ss, list) and len(ss) == 2 and (ss == [0, 0] or ss[0] <= ss[1] and ss[0] >= self.crop_size),
+               "data.train_short_side",
+               f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, or [0, 0] = derived, got {ss}")
+        _check(self.test_short_side == 0 or self.test_short_side >= self.crop_size, "data.test_short_side",
+               f"must be >= data.crop_size={self.crop_size} (or 0 = derived), got {self.test_short_side}")
+        _check(ss == [0, 0] or ss[0] > 0, "data.train_short_side", f"must be positive or [0, 0], got {ss}")
         _check(all(len(p.split(":")) == 2 and all(x.strip() for x in p.split(":"))
                    for p in self.flip_label_map.split(",")) if self.flip_label_map else True,
                "data.flip_label_map", f"must look like a:b,c:d (class names or ids), got {self.flip_label_map!r}")

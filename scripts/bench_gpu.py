@@ -54,7 +54,7 @@ def sync(device):
 
 def random_batch(cfg, k, b_l, b_u, device):
     d = cfg.data
-    s, tp, ta = d.crop_size, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
+    s, tp, ta = d.crop_size or d.max_crop, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
     g = torch.Generator().manual_seed(0)
 
     def clip(n, t):  # (B, C, T, H, W) uint8
@@ -71,7 +71,7 @@ def random_batch(cfg, k, b_l, b_u, device):
 
 def step_flops(cfg, primary, aux, b_l, b_u):
     d = cfg.data
-    s, tp, ta = d.crop_size, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
+    s, tp, ta = d.crop_size or d.max_crop, d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride
     n = b_l + 2 * b_u
     f = count_flops(primary, (3, tp, s, s)) * n
     if aux is not None:

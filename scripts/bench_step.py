@@ -21,7 +21,7 @@ def make_batch(cfg, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     d, b_l = cfg.data, cfg.train.batch_labeled
     b_u = b_l * cfg.algo.unlabeled_ratio
-    tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size
+    tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size or d.max_crop
     u8 = lambda *shape: torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)  # noqa: E731
     batch = {"l_p": u8(b_l, 3, tp, s, s), "l_a": u8(b_l, 3, ta, s, s), "y_l": torch.randint(0, k, (b_l,), generator=g),
              "y_u": torch.randint(0, k, (b_u,), generator=g)}

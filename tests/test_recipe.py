@@ -57,3 +57,24 @@ def test_local_runner_is_reproducible_whatever_the_loader_processes(tmp_path):
     assert runs[0]["train_loss"] == pytest.approx(runs[1]["train_loss"], rel=1e-5)
     assert runs[0]["val_top1"] == runs[1]["val_top1"]
     assert 0.0 <= runs[0]["val_top1"] <= 100.0 and len(runs[0]["per_class"]) == 5
+
+
+def test_crop_and_short_sides_are_derived_from_the_videos(tmp_path):
+    from cmpl_ray.data.lists import read_list
+    from cmpl_ray.data.pipeline import resolve_data
+    from cmpl_ray.data.suite import write_family
+
+    for fam, want in (("flicker", 48), ("scale", 56)):  # 64x48 -> its 48 px short side; 128x96 -> the cap
+        root = tmp_path / fam
+        write_family(str(root), fam, per_class=1, val_per_class=0)
+        cfg = _cfg(f"data.root={root}", "data.crop_size=0", "data.train_short_side=[0,0]", "data.test_short_side=0",
+                   "data.max_crop=56")
+        resolve_data(cfg, read_list(str(root / "train.txt")))
+        assert (cfg.data.crop_size, cfg.data.train_short_side, cfg.data.test_short_side) == (want, [want, round(want * 8 / 7)], want)
+    cfg = _cfg(f"data.root={tmp_path / 'scale'}", "data.crop_size=0", "data.max_crop=200", "data.train_short_side=[0,0]",
+               "data.test_short_side=0")
+    assert resolve_data(cfg, read_list(str(tmp_path / "scale" / "train.txt"))).data.crop_size == 96
+    fixed = _cfg("data.crop_size=40", "data.train_short_side=[40,44]", "data.test_short_side=40")
+    assert resolve_data(fixed, []).data.crop_size == 40  # explicit sizes are kept, nothing is probed
+    with pytest.raises(ConfigError, match="data.train_short_side"):
+        _cfg("data.crop_size=40", "data.train_short_side=[32,44]")

@@ -74,6 +74,41 @@ def resolve_flip_map(spec: str, names: list[str]) -> list[int] | None:
     return out
 
 
+def derived(dc: DataConfig) -> bool:
+    """Whether the crop or a short side is left to :func:`resolve_data`."""
+    return dc.crop_size == 0 or dc.train_short_side == [0, 0] or dc.test_short_side == 0
+
+
+def resolve_data(cfg: Config, labeled: list[VideoItem]) -> Config:
+    """Fill the data-derived sizes in place (``data.crop_size=0``, ``train_short_side=[0, 0]``,
+    ``test_short_side=0``) from the first readable labeled video, and return ``cfg``.
+
+    Why at start and in the config: the resolved values are what runs log to MLflow and store in checkpoints,
+    so evaluation and prediction decode exactly as training did."""
+    dc = cfg.data
+    if not derived(dc):
+        return cfg
+    crop = dc.crop_size
+    if not crop:
+        import decord
+
+        short, errors = None, []
+        for it in labeled[:8]:
+            try:
+                h, w = decord.VideoReader(_fetch(resolve_path(dc.root, it.path)), num_threads=1)[0].shape[:2]
+                short = min(h, w)
+                break
+            except Exception as e:  # an unreadable first video must not decide the crop
+                errors.append(f"{it.path}: {e}")
+        if short is None:
+            raise ValueError(f"data.crop_size=0 (derived) needs a readable labeled video; errors: {errors[:2]}")
+        crop = max(8, min(dc.max_crop, short // 8 * 8))
+    train_ss = dc.train_short_side if dc.train_short_side != [0, 0] else [crop, int(round(crop * 8 / 7))]
+    cfg.data = dataclasses.replace(dc, crop_size=crop, train_short_side=train_ss,
+                                   test_short_side=dc.test_short_side or crop)  # re-validated here
+    return cfg
+
+
 def total_steps(cfg: Config, n_labeled: int, n_unlabeled: int, world: int) -> int:
     """Steps of a run sized by ``train.passes``: max(min_steps, passes x videos / (B_l + B_u) / workers).
 

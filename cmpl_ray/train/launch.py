@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_flip_map,
-                             steps_per_epoch)
+from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
+                             resolve_flip_map, steps_per_epoch)
 from . import tracking
 
 
@@ -84,6 +84,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     preflight(cfg, labeled, "labeled_list")
     if cfg.algo.name != "supervised":
         preflight(cfg, unlabeled, "unlabeled_list")
+    resolve_data(cfg, labeled)  # data.crop_size=0 etc.: sizes from the videos, logged and checkpointed resolved
     world = cfg.train.num_workers
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
     ensure_ray()

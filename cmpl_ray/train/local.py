@@ -22,7 +22,7 @@ import torch
 
 from ..config import Config
 from ..data.pipeline import (ClipDecoder, _pairs, class_names, epoch_rows, iter_val_batches, read_split_lists,
-                             resolve_flip_map, steps_per_epoch)
+                             resolve_data, resolve_flip_map, steps_per_epoch)
 from .build import build_networks, make_optimizer
 from .ema import WeightEma
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
@@ -55,6 +55,7 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     """Train ``cfg`` and evaluate every ``train.eval_every`` epochs; returns the final metrics with a per-epoch
     ``history`` and ``per_class`` top-1 (primary, and auxiliary for CMPL)."""
     labeled, unlabeled, val = read_split_lists(cfg)
+    resolve_data(cfg, labeled)
     names = class_names(cfg)
     k = cfg.model.num_classes or len(names)
     semi = cfg.algo.name != "supervised"
