@@ -46,7 +46,7 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     if args.resume:
         cfg.run.resume = args.resume
-    run_training(cfg)
+    run_training(cfg, fresh=args.fresh)
     return 0
 
 
@@ -167,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with Ray Train (supervised | fixmatch | cmpl)")
     _add_config_args(p)
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="warm-start from a checkpoint directory")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint directory (refused if it was trained with another config)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start run.name over: its old folder is renamed (kept), a new MLflow run is created")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a list file (multi-clip x multi-crop)")
@@ -225,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # known user-facing failures from deeper layers
         from .train.checkpoint import CheckpointError
+        from .train.identity import RunMismatch
 
-        if isinstance(e, CheckpointError):
+        if isinstance(e, (CheckpointError, RunMismatch)):
             print(f"cmpl-ray {args.command}: error: {e}", file=sys.stderr)
             return 2
         raise

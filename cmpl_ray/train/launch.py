@@ -2,8 +2,9 @@
 
 Connects to a running cluster when ``RAY_ADDRESS`` is set (``ray job submit`` sets it) and otherwise starts
 a local Ray. Re-running the same command (same ``run.name`` and ``run.storage_path``) resumes from the
-latest checkpoint: Ray Train V2 restores a run by name + storage path, and the MLflow run is found again by
-its tags so metrics continue in the same run.
+latest checkpoint (Ray Train V2 restores a run by name + storage path) only when the config is the same
+(:mod:`cmpl_ray.train.identity`): a changed config is refused before any Ray work, a completed run is
+reported, not retrained, and the MLflow run is found again by the run's identity so metrics continue in it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from ..config import Config
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
                              resolve_flip_map, steps_per_epoch)
-from . import tracking
+from . import identity, tracking
 
 
 def storage_path(cfg: Config) -> str:
@@ -67,9 +68,29 @@ def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
                        f"{cfg.data.root!r}; first errors: {errors[:3]}")
 
 
+def _say_done(metrics: dict[str, Any], wall: float, out_dir: str, run_id: str | None, uri: str) -> None:
+    print(f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {metrics.get('val_top1', float('nan')):.2f}% "
+          f"top5 {metrics.get('val_top5', float('nan')):.2f}% mean-class "
+          f"{metrics.get('val_mean_class_acc', float('nan')):.2f}%"
+          + (f", aux top1 {metrics['aux_val_top1']:.2f}%" if "aux_val_top1" in metrics else "")
+          + f"; skipped samples {metrics.get('skipped_samples', 0)}", flush=True)
+    print(f"[cmpl-ray] results: {out_dir}/metrics.json; best checkpoint: {metrics.get('best_checkpoint')}", flush=True)
+    if run_id:
+        print(f"[cmpl-ray] MLflow run {run_id}; browse with: {tracking.ui_command(uri)}", flush=True)
+
+
+def _is_complete(metrics: dict[str, Any], epochs: int) -> bool:
+    hist = metrics.get("history") or []
+    return bool(hist) and int(hist[-1].get("epoch", 0)) >= epochs
+
+
 def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-                 callbacks: list | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``)."""
+                 callbacks: list | None = None, verbose: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``).
+
+    A run of the same name trained with another config raises :class:`~cmpl_ray.train.identity.RunMismatch`
+    (``fresh=True`` moves it aside first and starts over); one already completed with this config returns its
+    stored metrics with ``already_complete=True`` and trains nothing."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -87,25 +108,48 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     resolve_data(cfg, labeled)  # data.crop_size=0 etc.: sizes from the videos, logged and checkpointed resolved
     world = cfg.train.num_workers
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
+    ident = identity.identity(cfg.flat(), identity.lists_digest(labeled, unlabeled, val))
+    fp = identity.fingerprint(ident)
+    store = storage_path(cfg)
+    out_dir = str(Path(cfg.run.output_dir).resolve())
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    if fresh:
+        moved = identity.move_aside(store, cfg.run.name)
+        if moved and verbose:
+            print(f"[cmpl-ray] --fresh: the previous run {cfg.run.name!r} was moved to {moved}", flush=True)
+    record = identity.check(store, cfg.run.name, ident)  # RunMismatch: refused before any Ray work
+    if cfg.run.resume:
+        from .checkpoint import load_checkpoint
+
+        identity.check_checkpoint(load_checkpoint(cfg.run.resume), ident, f"run.resume={cfg.run.resume}")
+    if record is not None and record.get("status") == "complete":
+        done = {**record.get("metrics", {}), "already_complete": True}
+        if verbose:
+            print(f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint {fp}, "
+                  f"finished {record.get('finished')}); not training again. Its result:", flush=True)
+            _say_done(done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri)
+            print("[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True)
+        return done
+    record = identity.begin(store, cfg.run.name, ident, record)
     ensure_ray()
     datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map),
                 "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
 
-    out_dir = str(Path(cfg.run.output_dir).resolve())
     os.makedirs(out_dir, exist_ok=True)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     run_id = None
-    store = storage_path(cfg)
     if cfg.tracking.enabled:
-        tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": store, **(extra_tags or {})}
+        # found by the attempt's uid (new with every fresh start): a changed config never continues this run
+        tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": store, "cmpl.run_uid": record["uid"],
+                "cmpl.fingerprint": fp, **(extra_tags or {})}
         run_id = tracking.find_run(uri, cfg.tracking.experiment, tags)
         if run_id is None:
-            params = {**cfg.flat(), "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
+            params = {**cfg.flat(), "derived.fingerprint": fp, "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
                       "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
                       "derived.num_val": len(val)}
             run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
         elif verbose:
-            print(f"[cmpl-ray] continuing MLflow run {run_id}", flush=True)
+            print(f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
+                  f"{run_id}", flush=True)
     if verbose:
         print(f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
               f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
@@ -118,6 +162,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         relay = start_relay(uri)
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
+                   "identity": ident,
                    "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -151,7 +196,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     except Exception:  # older Ray: fall back to the latest
         best = result.checkpoint
     metrics.update(wall_seconds=wall, best_checkpoint=best.path if best else None,
-                   latest_checkpoint=result.checkpoint.path if result.checkpoint else None)
+                   latest_checkpoint=result.checkpoint.path if result.checkpoint else None, fingerprint=fp,
+                   mlflow_run_id=run_id)
     tracking.write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
     if run_id and cfg.tracking.log_checkpoint and best is not None and "://" not in best.path:
         try:
@@ -160,13 +206,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
             MlflowClient(uri).log_artifacts(run_id, best.path, "best_checkpoint")
         except Exception as e:  # tracking trouble never fails a finished run
             print(f"[cmpl-ray] WARNING could not log the best checkpoint to MLflow: {e}", flush=True)
+    if _is_complete(metrics, cfg.train.epochs):
+        identity.complete(store, cfg.run.name, record, metrics)
     if verbose:
-        print(f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {metrics.get('val_top1', float('nan')):.2f}% "
-              f"top5 {metrics.get('val_top5', float('nan')):.2f}% mean-class "
-              f"{metrics.get('val_mean_class_acc', float('nan')):.2f}%"
-              + (f", aux top1 {metrics['aux_val_top1']:.2f}%" if "aux_val_top1" in metrics else "")
-              + f"; skipped samples {metrics.get('skipped_samples', 0)}", flush=True)
-        print(f"[cmpl-ray] results: {out_dir}/metrics.json; best checkpoint: {metrics['best_checkpoint']}", flush=True)
-        if run_id:
-            print(f"[cmpl-ray] MLflow run {run_id}; browse with: {tracking.ui_command(uri)}", flush=True)
+        _say_done(metrics, wall, out_dir, run_id, uri)
     return metrics

@@ -28,6 +28,7 @@ from ..data.pipeline import ERR_CODES
 from . import checkpoint as ckpt
 from .build import build_networks, make_optimizer
 from .ema import WeightEma
+from .identity import check_checkpoint
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
 from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .relay import RelayClient
@@ -121,6 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = ckpt.load_checkpoint(d)
     elif cfg.run.resume:
         state = ckpt.load_checkpoint(cfg.run.resume)
+    if state is not None and config.get("identity") is not None:  # the driver checked too: this is the last guard
+        check_checkpoint(state, config["identity"], "restored checkpoint" if resume is not None else cfg.run.resume)
     if state is not None:
         ckpt.restore(state, primary=primary, aux=aux, scaler=scaler)  # optimizer: after the move to device
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
@@ -219,7 +222,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 extra = {"history": history, "best": best, "skipped_total": skipped_total, "good_total": good_total,
-                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts}
+                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts,
+                         "identity": config.get("identity")}
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra,
                                      ema=ema)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import load_config
 from ..train import tracking
+from ..train.identity import read_text as _read_text, write_text as _write_text
 from .space import SweepSpec, load_space, overrides_of, to_tune_space
 
 STATE_FILE = "sweep.json"
@@ -39,34 +40,6 @@ def _abs(p: str) -> str:
 def sweep_dir(storage: str, name: str) -> str:
     """``<storage>/<name>``: a local absolute path, or a URI (``s3://``, ``gs://``, ``file://``) kept as given."""
     return f"{storage.rstrip('/')}/{name}" if "://" in storage else os.path.join(str(Path(storage).resolve()), name)
-
-
-def _write_text(path: str, text: str) -> None:
-    if "://" in path:  # object storage through pyarrow's filesystems (what Ray Train/Tune use too)
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode())
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        if "://" in path:
-            import pyarrow.fs as pafs
-
-            fs, p = pafs.FileSystem.from_uri(path)
-            with fs.open_input_stream(p) as f:
-                return f.read().decode()
-        with open(path) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
 
 
 def _pin_ray_address() -> None:
@@ -104,32 +77,14 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
                       + overrides_of(values) + [f"run.name={sweep['name']}-{tid}", "run.resume=",
                                                 f"run.output_dir={os.path.join(sweep['local_dir'], 'trials', tid)}",
                                                 f"run.storage_path={base}/train"])
-    done = _finished_metrics(cfg)
-    if done is not None:  # an interrupted sweep re-entering a trial that had already trained its last epoch
-        tune.report(done)
-        return
     tags = {"cmpl.sweep": sweep["name"], "cmpl.trial_id": tid, "cmpl.axes": json.dumps(values, sort_keys=True)}
-    run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
-                 callbacks=[TuneReportCallback()], verbose=True)
-
-
-def _finished_metrics(cfg) -> dict[str, float] | None:
-    """The last epoch's metrics when this trial's ``run_training`` completed every epoch, else None.
-
-    Tune re-enters a trial that finished just before the sweep was interrupted (its state still said
-    RUNNING); reporting the final result straight away finalises it without starting a Train worker group
-    that would only restore the last checkpoint and report the same numbers (~40 s per trial on CPU).
-    ``best_checkpoint`` is written by ``run_training`` after ``fit`` returns, so its presence means the
-    worker's end-of-run work (artifacts, MLflow run closed) is done too; without it the trial is restored."""
-    path = os.path.join(cfg.run.output_dir, "metrics.json")
-    try:
-        m = json.loads(Path(path).read_text())
-        last = m["history"][-1]
-        if "best_checkpoint" in m and int(m["epochs"]) == cfg.train.epochs and int(last["epoch"]) >= cfg.train.epochs:
-            return {k: float(v) for k, v in last.items()}
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        pass
-    return None
+    # a trial re-entered after an interruption resumes its own Train run only if its config is unchanged
+    # (RunMismatch fails the trial otherwise); one that had already trained its last epoch is reported
+    # straight from its record (identity.complete) without starting a Train worker group (~40 s on CPU)
+    res = run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
+                       callbacks=[TuneReportCallback()], verbose=True)
+    if res.get("already_complete") and res.get("history"):
+        tune.report({k: float(v) for k, v in res["history"][-1].items()})
 
 
 def _scheduler(spec: SweepSpec, epochs: int):
