@@ -1,5 +1,6 @@
 """A real Tune sweep end to end: 3 trials of the real trainer on a local Ray, ASHA, MLflow parent/child runs,
-``cmpl-ray report``, and a sweep interrupted with Ctrl-C (SIGINT) and resumed with ``--resume``.
+``cmpl-ray report``, a sweep interrupted with Ctrl-C (SIGINT) and resumed with ``--resume``, and a trial
+re-entered by ``--resume`` after the sweep's space changed (it errors; its checkpoint is not continued).
 
 ASHA ranks trials on ``train_lr`` (mode min) here, so which trials it stops is known in advance and the
 test cannot flake on tiny-data accuracy noise; the scheduler, reporting and tagging paths are the same as
@@ -84,8 +85,9 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     assert rc == 0, out2[-4000:]
     # a trial whose last epoch was checkpointed is not trained again (Tune may re-enter it to finalise)
     assert [h["epoch"] for h in json.loads(open(first[0]).read())["history"]] == [1.0, 2.0]
-    if "best_checkpoint" in json.loads(open(first[0]).read()):  # its run_training had completed before Ctrl-C:
-        assert "[cmpl-ray] resumed at epoch 2" not in out2  # finalised from metrics.json, no Train run restored
+    tid = os.path.basename(os.path.dirname(first[0]))
+    if json.loads((storage / "lr" / "train" / f"lr-{tid}" / "cmpl-run.json").read_text())["status"] == "complete":
+        assert "[cmpl-ray] resumed at epoch 2" not in out2  # reported from its run record, no Train run restored
     assert "3 trials" in out2 and "stopped early by asha" in out2
 
     # 3) MLflow: one parent, one child per trial (no duplicate after the resume), tags for status and best
@@ -118,3 +120,81 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     rows = [ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]
     assert len(rows) == 3 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
     assert "early_stopped" in rep.stdout
+
+
+SPACE_TAU = """description: one FixMatch trial; its fixed threshold is edited while the sweep is interrupted
+preset: demo
+scheduler: {name: fifo}
+metric: val_top1
+mode: max
+fixed:
+  algo.name: fixmatch
+  algo.threshold: 0.5
+  train.epochs: 3
+  train.steps_per_epoch: 2
+  train.eval_every: 1
+space:
+  optim.lr: {grid: [0.05]}
+"""
+
+
+def test_trial_reentered_after_a_space_change_errors_instead_of_resuming(synth_root, tmp_path):
+    """Issue 16: ``--resume`` rebuilds each trial's config from the stored sweep; when that changed since the
+    trial trained (here the stored space's fixed ``algo.threshold``), the re-entered trial must not continue
+    its checkpoint under the new config nor report its old numbers: it errors, naming the changed key."""
+    split_dir = tmp_path / "splits"
+    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
+    write_list(str(split_dir / "labeled.txt"), lab)
+    write_list(str(split_dir / "unlabeled.txt"), unl)
+    space = tmp_path / "tau.yaml"
+    space.write_text(SPACE_TAU)
+    storage = tmp_path / "tune"
+    base = ["--storage", str(storage), "--num-cpus", "2"]
+
+    # 1) Ctrl-C once the trial's epoch-1 checkpoint is registered (it trains 3 epochs)
+    with open(tmp_path / "run1.log", "w") as log:
+        p = _run(["tune", str(space), "--name", "sw", *base, *_sets(synth_root, split_dir, tmp_path)], tmp_path, log)
+        deadline, snaps = time.time() + 420, []
+        while time.time() < deadline and p.poll() is None:
+            snaps = glob.glob(f"{storage}/sw/train/sw-*/checkpoint_manager_snapshot.json")
+            if snaps and "checkpoint_dir_name" in open(snaps[0]).read():
+                break
+            time.sleep(0.2)
+        assert p.poll() is None and snaps, (tmp_path / "run1.log").read_text()[-3000:]
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=180)
+    out1 = (tmp_path / "run1.log").read_text()
+    assert rc == 130 and "resume with: cmpl-ray tune --resume sw" in out1, out1[-3000:]  # every trial generated
+    run_dir = os.path.dirname(snaps[0])
+    record = json.loads(open(f"{run_dir}/cmpl-run.json").read())
+    assert record["status"] == "running", "the trial finished before Ctrl-C: Tune will not re-enter it"
+    ckpts = sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
+    assert ckpts
+
+    # 2) the sweep's space changes (the stored copy is what --resume uses), then --resume
+    state_file = storage / "sw" / "sweep.json"
+    state = json.loads(state_file.read_text())
+    assert "algo.threshold: 0.5" in state["space_text"]
+    state["space_text"] = state["space_text"].replace("algo.threshold: 0.5", "algo.threshold: 0.7")
+    state_file.write_text(json.dumps(state, indent=1))
+    with open(tmp_path / "run2.log", "w") as log:
+        p = _run(["tune", "--resume", "sw", *base], tmp_path, log)
+        rc = p.wait(timeout=600)
+    out2 = (tmp_path / "run2.log").read_text()
+    assert rc == 1, out2[-4000:]  # the sweep ends with the trial in error
+    assert "1 errors" in out2, out2[-4000:]
+    errors = "".join(open(f).read() for f in glob.glob(f"{storage}/sw/**/error.txt", recursive=True))
+    assert "RunMismatch" in errors and "algo.threshold: 0.5 -> 0.7" in errors, errors[-3000:] or out2[-3000:]
+    assert "[cmpl-ray] resumed at epoch" not in out2
+    # its Train run was left as it was: same checkpoints, same record; no final result written
+    assert sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_")) == ckpts
+    assert json.loads(open(f"{run_dir}/cmpl-run.json").read()) == record
+    tid = os.path.basename(run_dir)[len("sw-"):]
+    m = storage / "sw" / "trials" / tid / "metrics.json"
+    assert not m.exists() or "best_checkpoint" not in json.loads(m.read_text())
+    # MLflow: the trial's child run got no epoch beyond what it had trained under the old config
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kids = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`cmpl.trial_id` = '{tid}'")
+    assert len(kids) == 1 and kids[0].data.tags["cmpl.fingerprint"] == record["fingerprint"]
+    assert kids[0].data.params["algo.threshold"] == "0.5"
+    assert max(x.value for x in client.get_metric_history(kids[0].info.run_id, "epoch")) < 3

@@ -18,6 +18,7 @@ one child run per trial (created by ``run_training`` with ``parent_run_id``), ta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -85,6 +86,19 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
                        callbacks=[TuneReportCallback()], verbose=True)
     if res.get("already_complete") and res.get("history"):
         tune.report({k: float(v) for k, v in res["history"][-1].items()})
+
+
+class _StopSeen(logging.Handler):
+    """Sees Tune's "Stop signal received" warning. After Ctrl-C Tune returns normally and marks the trials it
+    was running TERMINATED in memory (they are saved as RUNNING, so ``--resume`` re-enters them): with every
+    trial already generated, this warning is the only sign that the sweep was interrupted, not finished."""
+
+    seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Stop signal received") or "has been interrupted" in msg:
+            self.seen = True
 
 
 def _scheduler(spec: SweepSpec, epochs: int):
@@ -199,15 +213,21 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
             run_config=tune.RunConfig(name=name, storage_path=os.path.dirname(d),
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
-    grid = tuner.fit()
+    stop, tune_log = _StopSeen(), logging.getLogger("ray.tune.tune")
+    tune_log.addHandler(stop)
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_log.removeHandler(stop)
     wall = time.perf_counter() - t0
-    return summarize(grid, spec, base_cfg.train.epochs, uri, parent, name, wall, verbose, storage, samples)
+    return summarize(grid, spec, base_cfg.train.epochs, uri, parent, name, wall, verbose, storage, samples,
+                     interrupted=stop.seen)
 
 
 def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, name: str, wall: float,
-              verbose: bool, storage: str = "", samples: int = 1) -> dict[str, Any]:
+              verbose: bool, storage: str = "", samples: int = 1, interrupted: bool = False) -> dict[str, Any]:
     """Per-trial rows (values, final/best metric, epochs, status), MLflow tags and the parent's summary."""
-    rows, interrupted = [], False
+    rows = []
     for t in grid._experiment_analysis.trials:  # Trial objects: status + last result + per-metric max/min
         m = t.last_result or {}
         ep = int(m.get("epoch", 0) or 0)
