@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-ARCHS = ("tiny", "r10", "r18", "r34", "r50")
+ARCHS = ("tiny", "plain4", "r10", "r18", "r34", "r50")
 ALGOS = ("supervised", "fixmatch", "cmpl")
 SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
 
@@ -40,7 +40,8 @@ def _channels_ok(width: float, base: int = 64) -> bool:
 @dataclass
 class ModelConfig:
     primary_arch: str = "r50"
-    """Primary backbone F: one of tiny, r10, r18, r34, r50 (3D-ResNet of the paper's Table A4)."""
+    """Primary backbone F: one of tiny, r10, r18, r34, r50 (3D-ResNet of the paper's Table A4), or plain4 (a
+    4-layer 3x3x3 CNN, the architecture baseline of docs/recipe-study.md)."""
     primary_width: float = 1.0
     """Channel width multiplier of the primary (1.0 = standard)."""
     aux_arch: str = "r50"
@@ -58,7 +59,7 @@ class ModelConfig:
         _check(self.aux_arch in ARCHS + ("same",), "model.aux_arch",
                f"must be one of {ARCHS + ('same',)}, got {self.aux_arch!r}")
         for key in ("primary_width", "aux_width"):
-            base = 16 if getattr(self, key.replace("width", "arch")) == "tiny" else 64
+            base = 16 if getattr(self, key.replace("width", "arch")) in ("tiny", "plain4") else 64
             _check(_channels_ok(getattr(self, key), base), f"model.{key}",
                    f"must be > 0 and give at least one channel ({base} x width >= 0.5), got {getattr(self, key)}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
@@ -290,7 +291,9 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     name: str = "cmpl"
-    """Run name: re-running with the same name and storage_path resumes from its latest checkpoint."""
+    """Run name: re-running with the same name and storage_path resumes from its latest checkpoint, but only
+    when the config is the same (cmpl_ray/train/identity.py); a changed config is refused (exit 2) naming the
+    keys that differ: choose another name, or pass ``--fresh`` to start this one over."""
     output_dir: str = "outputs/cmpl"
     """Local directory for metrics.json, per-class CSVs and plots."""
     storage_path: str = ""
@@ -301,7 +304,8 @@ class RunConfig:
     max_failures: int = 2
     """Worker failures Ray Train recovers from (restart from the latest checkpoint)."""
     resume: str = ""
-    """Warm-start from this checkpoint directory (weights, optimizer, epoch) in a new run."""
+    """Continue from this checkpoint directory (weights, optimizer, epoch) in this run; refused when the
+    checkpoint was trained with another config (its fingerprint differs)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name", f"must be a non-empty name without '/', got {self.name!r}")

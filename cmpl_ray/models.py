@@ -30,7 +30,7 @@ from torch import nn
 
 __all__ = ["ResNet3D", "BasicBlock", "Bottleneck", "MODELS", "build_model",
            "count_params", "count_flops", "count_macs",
-           "r10", "r18", "r34", "r50", "tiny"]
+           "r10", "r18", "r34", "r50", "tiny", "Plain3D", "plain4"]
 
 
 def _scale(channels: int, width: float) -> int:
@@ -196,7 +196,61 @@ def tiny(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> ResNet3D
                     base_channels=16, stem_kernel=(3, 5, 5))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"r10": r10, "r18": r18, "r34": r34, "r50": r50, "tiny": tiny}
+class Plain3D(nn.Module):
+    """A plain stack of 3x3x3 conv-BN-ReLU layers (C3D style), the architecture baseline for ``tiny``.
+
+    Why it is here: an outside audit found that a 4-layer 3x3x3 CNN through the same loop beat the tiny
+    ResNet on one synthetic set and lost on another, so the recipe study compares the two
+    (docs/recipe-study.md). Unlike the ResNets, every layer mixes time (3x3x3) and the last two halve T.
+    Input ``(B, 3, T, H, W)``; output ``(B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5,
+                 channels: Sequence[int] = (16, 32, 64, 128), t_strides: Sequence[int] = (1, 1, 2, 2)) -> None:
+        super().__init__()
+        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+            raise ValueError(f"width must be a finite number > 0 (channels = round(c * width) >= 1), got width={width!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.width = float(width)
+        layers, cin = [], 3
+        for c, st in zip(channels, t_strides):
+            cout = _scale(c, width)
+            layers += [*_conv_bn(cin, cout, (3, 3, 3), (st, 2, 2)), nn.ReLU(inplace=True)]
+            cin = cout
+        self.stem = nn.Sequential(*layers[:3])  # first conv-BN-ReLU (the ResNets' ``stem`` name)
+        self.body = nn.Sequential(*layers[3:])
+        self.feature_dim = cin
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, D, T/4, H/16, W/16)."""
+        return self.body(self.stem(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, D)."""
+        return self.pool(self.feature_map(x)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: (B, 3, T, H, W) -> (B, num_classes)."""
+        return self.fc(self.dropout(self.forward_features(x)))
+
+
+def plain4(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> Plain3D:
+    """4 layers of 3x3x3 conv (16-32-64-128 channels x width), spatial stride 2 each, temporal stride 2 in the
+    last two: about the cost of ``tiny`` at 16x56x56."""
+    return Plain3D(num_classes, width, dropout)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"r10": r10, "r18": r18, "r34": r34, "r50": r50, "tiny": tiny,
+                                               "plain4": plain4}
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> nn.Module:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cmpl_ray.models import (MODELS, Bottleneck, ResNet3D, build_model, count_flops, count_macs,
+from cmpl_ray.models import (MODELS, Bottleneck, Plain3D, ResNet3D, build_model, count_flops, count_macs,
                              count_params)
 
 NUM_CLASSES = 7
@@ -93,11 +93,23 @@ def test_tiny_forward_backward():
 
 
 def test_models_registry_and_factories():
-    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny"}
+    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny", "plain4"}
     for name, factory in MODELS.items():
         model = factory(3, width=0.125, dropout=0.0)
-        assert isinstance(model, ResNet3D)
+        assert isinstance(model, Plain3D if name == "plain4" else ResNet3D)
         assert model.fc.out_features == 3
+
+
+def test_plain4_mixes_time_in_every_layer_and_trains():
+    """The architecture baseline: 3x3x3 kernels throughout, T/4 and H/16 at the end, gradients reach layer 1."""
+    model = build_model("plain4", NUM_CLASSES, width=0.5, dropout=0.0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 4 and all(c.kernel_size == (3, 3, 3) for c in convs)
+    x = torch.randn(2, 3, 8, 32, 32)  # (B, C, T, H, W)
+    assert model.feature_map(x).shape == (2, 64, 2, 2, 2)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
+    loss.backward()
+    assert convs[0].weight.grad.abs().sum() > 0
 
 
 def test_unknown_arch_lists_valid_names():
