@@ -80,6 +80,27 @@ def cmd_step(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    """Learning-rate range test on the labeled list (cmpl_ray/train/lr_find.py)."""
+    from .train.lr_find import lr_range_test
+
+    cfg = _config(args)
+    r = lr_range_test(cfg, start=args.start, end=args.end, steps=args.steps, threads=args.threads)
+    print(f"[lr-find] {r['steps_run']} steps; lowest smoothed loss {r['min_smoothed_loss']:.3f} at lr "
+          f"{r['lr_min_loss']:.2e}; steepest descent at lr {r.get('lr_steepest', float('nan')):.2e}")
+    print(f"[lr-find] suggested optim.lr = {r['suggested_lr']:.2e} (the minimum / 10); configured {r['configured_lr']:.2e}")
+    first = r["smoothed"][0]
+    if r["min_smoothed_loss"] > 0.95 * first:
+        print(f"[lr-find] WARNING the loss hardly fell at any lr ({first:.3f} -> {r['min_smoothed_loss']:.3f}): the "
+              f"network is still on its starting plateau after {r['steps_run']} steps, so the curve says little about "
+              f"the lr; rerun with more --steps (docs/recipe-study.md)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(r, f)
+        print(f"[lr-find] curve written to {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Synthetic set -> labeled split -> CMPL training on a local Ray -> MLflow."""
     from .data.lists import read_list, split_labeled, write_list
@@ -188,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("step", help="run one training step on random clips (smoke test, no data, no Ray)")
     _add_config_args(p)
     p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss vs exponentially growing lr (no Ray)")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--start", type=float, default=1e-4)
+    p.add_argument("--end", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--out", default=None, help="write lrs, losses and the estimates as JSON")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("config", help="print (or --out FILE) the resolved config of a preset + overrides")
     _add_config_args(p)
