@@ -233,8 +233,9 @@ class TrainConfig:
     batch_labeled: int = 2
     """B_l: labeled clips per worker per step (B_u = algo.unlabeled_ratio x B_l)."""
     steps_per_epoch: int = 0
-    """Steps per epoch; 0 = derived from the data: with train.passes > 0 the run's total steps (below) split
-    evenly over train.epochs, else one pass over the unlabeled set, len(unlabeled) // (B_u x workers) (for
+    """Steps per epoch; > 0 fixes the run's length whatever train.passes says (smoke tests:
+    ``--set train.steps_per_epoch=2`` on any preset). 0 = derived from the data: with train.passes > 0 the run's
+    total steps (below) split evenly over train.epochs, else one pass over the unlabeled set, len(unlabeled) // (B_u x workers) (for
     supervised without an unlabeled list, len(labeled) // (B_l x workers))."""
     passes: float = 0.0
     """Size the run from the data: total steps = max(train.min_steps, passes x (labeled + unlabeled videos) /
@@ -276,8 +277,6 @@ class TrainConfig:
         _check(self.min_steps >= 0, "train.min_steps", f"must be >= 0, got {self.min_steps}")
         _check(not (self.min_steps and not self.passes), "train.min_steps",
                "only applies with train.passes > 0; set train.passes too")
-        _check(not (self.passes and self.steps_per_epoch), "train.passes",
-               f"sizes the run itself; unset train.steps_per_epoch={self.steps_per_epoch} (set it to 0)")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _check(self.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.amp!r}")

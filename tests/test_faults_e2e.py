@@ -79,7 +79,8 @@ def test_corrupt_data_at_scale_every_bad_file_counted_once_no_good_sample_lost(s
     write_list(str(tmp_path / "unl.txt"), unl_items)
     epochs = 2
     r = subprocess.run(_cmd(_sets(synth_root, tmp_path / "lab.txt", tmp_path / "unl.txt", tmp_path, "corrupt",
-                                  **{"train.epochs": epochs, "train.eval_every": 2, "train.steps_per_epoch": 0})),
+                                  **{"train.epochs": epochs, "train.eval_every": 2, "train.steps_per_epoch": 0,
+                                     "train.passes": 0, "train.min_steps": 0})),
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -24,7 +24,7 @@ def small_cfg(root, **over):
     sets = [f"data.root={root}", "data.crop_size=32", "data.train_short_side=[32, 40]", "data.test_short_side=32",
             "data.raw_clip_len=16", "data.primary_stride=4", "data.aux_stride=2", "data.eval_clips=2",
             "data.eval_crops=1", "train.batch_labeled=2", "algo.unlabeled_ratio=2", "data.decode_batch=2",
-            "data.cpus_per_decoder=0.25", "train.steps_per_epoch=0"] + [f"{k}={v}" for k, v in over.items()]
+            "data.cpus_per_decoder=0.25", "train.steps_per_epoch=0", "train.passes=0", "train.min_steps=0"] + [f"{k}={v}" for k, v in over.items()]
     return load_config("demo", overrides=sets)
 
 
@@ -38,7 +38,8 @@ def test_epoch_rows_cover_unlabeled_once_and_cycle_labeled():
 
 
 def test_steps_per_epoch_is_the_same_for_every_algorithm():
-    base = ["train.batch_labeled=2", "algo.unlabeled_ratio=3", "train.steps_per_epoch=0"]
+    base = ["train.batch_labeled=2", "algo.unlabeled_ratio=3", "train.steps_per_epoch=0", "train.passes=0",
+            "train.min_steps=0"]  # one pass over the unlabeled set
     cfg = load_config("demo", overrides=base)
     assert steps_per_epoch(cfg, 10, 60, world=2) == 5
     sup = load_config("demo", overrides=base + ["algo.name=supervised"])

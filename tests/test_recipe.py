@@ -31,10 +31,9 @@ def test_passes_scale_the_run_with_the_data_above_a_floor():
         assert steps_per_epoch(c, 80, 1200, 1) == 100
 
 
-def test_constant_steps_still_win_and_bad_combinations_are_refused():
-    assert steps_per_epoch(_cfg("train.steps_per_epoch=7", "train.passes=0"), 40, 0, 1) == 7
-    with pytest.raises(ConfigError, match="train.passes"):
-        _cfg("train.steps_per_epoch=7", "train.passes=5")
+def test_constant_steps_win_over_passes_and_bad_combinations_are_refused():
+    assert steps_per_epoch(_cfg("train.steps_per_epoch=7", "train.passes=0", "train.min_steps=0"), 40, 0, 1) == 7
+    assert steps_per_epoch(_cfg("train.steps_per_epoch=7", "train.passes=5", "train.min_steps=100"), 40, 0, 1) == 7
     with pytest.raises(ConfigError, match="train.min_steps"):
         _cfg("train.passes=0", "train.min_steps=50")
     with pytest.raises(ConfigError, match="train.passes"):

@@ -100,8 +100,11 @@ def _decoder(root: str, **data) -> ClipDecoder:
     from cmpl_ray.data.lists import read_list
     from cmpl_ray.data.pipeline import _pairs
 
+    from cmpl_ray.data.pipeline import resolve_data
+
     cfg = load_config("demo", overrides=[f"data.root={root}"] + [f"data.{k}={v}" for k, v in data.items()])
     items = read_list(os.path.join(root, "train.txt"))
+    resolve_data(cfg, items)  # the preset derives the crop from the videos, as the trainer does
     names = [ln.strip() for ln in open(os.path.join(root, "classes.txt"))]
     import dataclasses
 

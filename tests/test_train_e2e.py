@@ -50,7 +50,7 @@ def make_cfg(synth_root, splits, out, **over):
         "data.decode_batch": 2, "data.cpus_per_decoder": 0.25, "train.batch_labeled": 2, "algo.unlabeled_ratio": 2,
         "train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.epochs": 2, "train.log_every": 1, "train.eval_every": 1,
         "run.output_dir": f"{out}/out", "run.storage_path": f"{out}/ray_results", "run.name": "e2e",
-        "tracking.uri": f"sqlite:///{out}/mlflow.db", "algo.threshold": 0.3, "train.steps_per_epoch": 0,
+        "tracking.uri": f"sqlite:///{out}/mlflow.db", "algo.threshold": 0.3, "train.steps_per_epoch": 0, "train.passes": 0, "train.min_steps": 0,
         "algo.unsup_warmup_epochs": 0, "optim.warmup_epochs": 0,
     }
     sets.update(over)
