@@ -1,18 +1,15 @@
 """Ray Data streaming: list files -> decord decode + augment in an actor pool -> Train worker shards.
 
-Only metadata (path, label, index) is shuffled; decoding happens lazily in ``map_batches`` actors, so the
-dataset is never materialised and memory stays bounded by Ray Data's streaming backpressure. Clips stay
-uint8 until the training worker normalises them on its device.
-
-A bad video never kills an epoch: its row comes out with ``valid=False``, zero pixels and an error code, so
-batch shapes and the number of steps per rank stay fixed (``streaming_split`` needs equal consumption) and
-the trainer counts and names it. Error codes: :data:`ERR_CODES`.
+The training dataset holds only row positions; what each epoch samples is drawn from (seed, epoch,
+position) (:mod:`cmpl_ray.data.epochs`) and decoded lazily in ``map_batches`` actors
+(:class:`~cmpl_ray.data.decoder.ClipDecoder`), so the dataset is never materialised and memory stays bounded
+by Ray Data's streaming backpressure. Clips stay uint8 until the training worker normalises them on its
+device. Bad videos become flagged zero clips (:data:`~cmpl_ray.data.decoder.ERR_CODES`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from typing import Any
@@ -20,17 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, DataConfig
-from . import augment
-from .decode import BadVideo, read_sampled
+from .decoder import ERR_CODES, ClipDecoder, _fetch  # noqa: F401  (ERR_CODES: re-exported)
+from .epochs import epoch_rows  # noqa: F401  (re-exported)
 from .lists import VideoItem, read_classes, read_list, resolve_path
-from .sampling import clip_indices, eval_clip_starts, sample_train_indices
-
-log = logging.getLogger(__name__)
-
-ERR_CODES = {0: "ok", 1: "missing", 2: "empty", 3: "undecodable", 4: "timeout", 5: "bad_label", 98: "padding",
-             99: "looped_short"}
-_REASON_TO_CODE = {"missing": 1, "empty": 2, "undecodable": 3, "timeout": 4, "bad_label": 5}
-PAD, LOOPED = 98, 99
 
 
 def classes_path(cfg: Config) -> str:
@@ -134,223 +123,6 @@ def steps_per_epoch(cfg: Config, n_labeled: int, n_unlabeled: int, world: int) -
     return n
 
 
-def _fetch(path: str) -> str | bytes:
-    """Local paths go straight to decord; object-store URIs are read into memory with pyarrow."""
-    if "://" not in path or path.startswith("file://"):
-        return path.removeprefix("file://")
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    try:
-        with fs.open_input_file(p) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BadVideo("missing") from None
-    except OSError as e:
-        raise BadVideo("missing" if "not found" in str(e).lower() or "no such" in str(e).lower() else "undecodable") from e
-
-
-def _code(e: BadVideo) -> int:
-    return _REASON_TO_CODE.get(getattr(e, "reason", "undecodable"), 3)
-
-
-def epoch_rows(n_labeled: int, n_unlabeled: int, per_epoch: int, ratio: int, seed: int) -> np.ndarray:
-    """(per_epoch, 1 + ratio) list indices: column 0 a labeled video, the rest ``ratio`` unlabeled ones.
-
-    Each list is laid out as concatenated seeded permutations, so within an epoch every unlabeled video
-    appears once (truncated to whole steps) and the small labeled list cycles evenly.
-    """
-    rng = np.random.default_rng(seed)
-
-    def cycled(n: int, k: int) -> np.ndarray:
-        if n == 0 or k == 0:
-            return np.zeros(k, np.int64)
-        return np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k]
-
-    lab = cycled(n_labeled, per_epoch)[:, None]
-    unl = cycled(n_unlabeled, per_epoch * ratio).reshape(per_epoch, ratio)
-    return np.concatenate([lab, unl], axis=1).astype(np.int64)
-
-
-class ClipDecoder:
-    """Decodes and augments videos into the clips a training step or an evaluation needs.
-
-    mode "train": each input row (``data`` = list indices, see :func:`epoch_rows`) is one labeled video plus
-    ``ratio`` unlabeled ones, so a batch of
-    B_l rows carries B_l labeled and B_u = ratio x B_l unlabeled clips and one dataset feeds the whole step.
-    Outputs ``l_p``/``l_a`` (standard views) and ``u_weak_p``, ``u_strong_p``, ``u_weak_a``, ``u_strong_a``
-    of shape (ratio, C, T, S, S). mode "val": ``v_p``/``v_a`` (views, C, T, S, S) for clips x crops.
-    """
-
-    def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
-                 labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
-                 ratio: int = 0, flip_map: list[int] | None = None):
-        import torch
-
-        torch.set_num_threads(1)  # one decode actor = one core; parallelism comes from the pool
-        self.mode, self.dc, self.k, self.with_aux = mode, DataConfig(**data_cfg), num_classes, with_aux
-        self.rng = np.random.default_rng([seed, os.getpid(), int.from_bytes(os.urandom(4), "little")])
-        self.seed, self.labeled, self.unlabeled = seed, labeled or [], unlabeled or []
-        self.ratio = ratio
-        self.flip_map = list(flip_map) if flip_map else list(range(num_classes))  # label of a flipped clip
-        self.t_p = self.dc.raw_clip_len // self.dc.primary_stride
-        self.t_a = self.dc.raw_clip_len // self.dc.aux_stride
-        self.warned: set[str] = set()
-
-    # -- one video --------------------------------------------------------------------------------------
-    def _decode_train(self, path: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        dc = self.dc
-        t_p = dc.raw_clip_len // dc.primary_stride
-
-        def choose(n: int, fps: float) -> np.ndarray:
-            idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
-                                                dc.time_offset, rng)
-            return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
-
-        frames, n, _ = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)  # (T,H,W,3)
-        return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len
-
-    def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        import torch
-
-        dc = self.dc
-        t_p, t_a = dc.raw_clip_len // dc.primary_stride, dc.raw_clip_len // dc.aux_stride
-
-        def choose(n: int, fps: float) -> np.ndarray:
-            starts = eval_clip_starts(n, dc.raw_clip_len, dc.eval_clips)
-            ip = [clip_indices(n, s, dc.raw_clip_len, dc.primary_stride) for s in starts]
-            ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
-            return np.concatenate(ip + ia)
-
-        frames, n, _ = read_sampled(_fetch(path), choose, short_side=dc.test_short_side,
-                                    timeout_s=dc.decode_timeout_s)
-        out, pos = [], 0
-        for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
-            views = []
-            for _ in range(count):
-                views.append(augment.eval_views(frames[pos: pos + t], dc.crop_size, dc.eval_crops))
-                pos += t
-            out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
-        return out[0], out[1], n < dc.raw_clip_len
-
-    def _views(self, kind: str, path: str, label: int,
-               rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int]:
-        """(views, code, label) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The label
-        comes back remapped (``data.flip_label_map``) when a labeled clip was flipped."""
-        dc, rng = self.dc, rng or self.rng
-        if not 0 <= label < self.k:
-            raise BadVideo("bad_label")
-        if kind == "val":
-            vp, va, short = self._decode_val(path)
-            views = {"v_p": vp} if va is None else {"v_p": vp, "v_a": va}
-            return views, LOOPED if short else 0, label
-        size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
-        fp, fa, short = self._decode_train(path, size, rng)
-        clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
-        if kind == "labeled":
-            flipped = bool(dc.flip and rng.random() < 0.5)  # one decision for both networks' clips
-            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng, flipped)
-                     for n, c in clips.items()}
-            label = self.flip_map[label] if flipped else label
-        else:
-            views = {}
-            for n, c in clips.items():
-                views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
-                views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
-                                                        dc.randaug_m, dc.cutout, dc.cutout_uniform)
-        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label
-
-    def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
-        s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
-        v = self.dc.eval_clips * self.dc.eval_crops
-        keys = {"labeled": {"l_p": (3, tp, s, s), "l_a": (3, ta, s, s)},
-                "unlabeled": {"u_weak_p": (3, tp, s, s), "u_strong_p": (3, tp, s, s),
-                              "u_weak_a": (3, ta, s, s), "u_strong_a": (3, ta, s, s)},
-                "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[kind]
-        return {k: shp for k, shp in keys.items() if self.with_aux or not k.endswith("_a")}
-
-    def safe_views(self, kind: str, path: str, label: int,
-                   rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], bool, int, int]:
-        """(views, valid, err code, label): a bad video becomes zero clips + an error code, never an exception."""
-        code = PAD
-        if path:
-            try:
-                views, code, label = self._views(kind, path, label, rng)
-                if code == LOOPED:
-                    self._warn_once(path, code)
-                return views, True, code, label
-            except BadVideo as e:
-                code = _code(e)
-            except Exception as e:  # a decoder bug or odd file must not kill the epoch either
-                log.debug("decode failed for %s: %r", path, e)
-                code = 3
-            self._warn_once(path, code)
-        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code, label
-
-    def _row_rngs(self, batch: dict[str, np.ndarray], n: int):
-        """One generator per row from (seed, key, video slot) when rows carry a ``key`` (the sample's identity:
-        epoch and position), so a clip does not depend on which actor decodes it or in what order; else the
-        actor's own stream."""
-        if "key" not in batch:
-            return [lambda j: self.rng] * n
-        return [(lambda j, key=int(key): np.random.default_rng([self.seed, key, j])) for key in batch["key"]]
-
-    def _warn_once(self, path: str, code: int) -> None:
-        if path not in self.warned:
-            self.warned.add(path)
-            log.warning("%s video %s: %s", "looping short" if code == LOOPED else "skipping", path, ERR_CODES[code])
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.mode == "val":  # rows: path, label, index ("" = padding row)
-            out = self.decode_val([(str(p), int(y)) for p, y in zip(batch["path"], batch["label"])])
-            out["index"] = np.asarray(batch["index"], np.int64)
-            return out
-        rows = np.asarray(batch["data"], np.int64).reshape(len(batch["data"]), -1)  # (B, 1 + ratio)
-        cols: dict[str, list] = {}
-        meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
-        if self.unlabeled:
-            meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index")})
-        for row, rng_of in zip(rows, self._row_rngs(batch, len(rows))):
-            path, label = self.labeled[row[0]]
-            views, ok, code, label = self.safe_views("labeled", path, label, rng_of(0))
-            for k, v in views.items():
-                cols.setdefault(k, []).append(v)
-            meta["y_l"].append(label if ok else 0), meta["l_valid"].append(ok)
-            meta["l_err"].append(code), meta["l_index"].append(row[0])
-            if not self.unlabeled:
-                continue
-            per: dict[str, list] = {}
-            for j, ui in enumerate(row[1: 1 + self.ratio]):
-                path, label = self.unlabeled[ui]
-                views, ok, code, _ = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0,
-                                                     rng_of(1 + j))
-                for k, v in views.items():
-                    per.setdefault(k, []).append(v)
-                meta["y_u"].append(label), meta["u_valid"].append(ok)
-                meta["u_err"].append(code), meta["u_index"].append(ui)
-            for k, v in per.items():
-                cols.setdefault(k, []).append(np.stack(v))  # (ratio, C, T, S, S)
-        out = {k: np.stack(v) for k, v in cols.items()}
-        n = len(rows)
-        for k, v in meta.items():
-            arr = np.asarray(v, bool if k.endswith("valid") else np.int64)
-            out[k] = arr.reshape(n, self.ratio) if k.startswith(("u_", "y_u")) else arr
-        return out
-
-    def decode_val(self, items: list[tuple[str, int]]) -> dict[str, np.ndarray]:
-        """Evaluation views of a few videos (in-process; used by training-time eval and ``cmpl-ray eval``)."""
-        cols: dict[str, list] = {}
-        ys, valid, errs = [], [], []
-        for path, label in items:
-            views, ok, code, _ = self.safe_views("val", path, label)
-            for k, v in views.items():
-                cols.setdefault(k, []).append(v)
-            ys.append(label if ok else 0), valid.append(ok), errs.append(code)
-        out = {k: np.stack(v) for k, v in cols.items()}
-        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64))
-        return out
-
-
 def quiet_data() -> None:
     """No per-operator progress bars: they flood job logs; training prints its own progress."""
     import ray.data
@@ -365,11 +137,18 @@ def _pairs(items: list[VideoItem], root: str) -> list[tuple[str, int]]:
 
 
 def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
-                        world: int, steps: int, flip_map: list[int] | None = None):
+                        world: int, steps: int, flip_map: list[int] | None = None, clock: Any = None,
+                        preserve_order: bool = True):
     """One epoch of rows (steps x B_l x world), each = 1 labeled + ``ratio`` unlabeled videos, iterated once
-    per epoch. Only small index blocks are materialised; their order is re-randomised every epoch (seeded,
-    no all-to-all shuffle tasks) and decoding happens lazily in one actor pool, so memory stays bounded and
-    a single executor owns Ray Data's CPU budget (two concurrent datasets starve each other on a laptop).
+    per epoch. The dataset holds only row positions; the decoders draw the epoch's groupings themselves from
+    (``train.seed``, the epoch ``clock`` says: 0 without one) and every row's clip from its key
+    (:mod:`~cmpl_ray.data.epochs`), so an epoch's samples depend only on the seed and the epoch. Decoding
+    happens lazily in one actor pool, so memory stays bounded and a single executor owns Ray Data's CPU
+    budget (two concurrent datasets starve each other on a laptop).
+
+    ``preserve_order`` (Ray Data's execution option, on this dataset's context; Ray Train takes it from
+    the ``DataConfig`` instead, see launch.py) makes the batch sequence, and with several ranks which rows
+    each rank gets, independent of which actor finishes first.
     """
     import ray.data
 
@@ -377,22 +156,20 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
     semi = cfg.algo.name != "supervised"
     ratio = cfg.algo.unlabeled_ratio if semi else 0
     per_epoch = steps * cfg.train.batch_labeled * world
-    rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, per_epoch, ratio, cfg.train.seed)
     chunk = max(cfg.data.decode_batch, -(-per_epoch // 4000))  # bounded block count on big datasets
-    ds = ray.data.from_numpy([rows[i: i + chunk] for i in range(0, per_epoch, chunk)])  # column "data"
-    try:
-        from ray.data._internal.random_config import RandomSeedConfig
+    import pyarrow as pa
 
-        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.train.seed, reseed_after_execution=True))
-    except (ImportError, TypeError):  # older Ray: unseeded, still a new order per epoch
-        ds = ds.randomize_block_order()
+    # in-memory blocks, so no read or rename task: a task would wait for a CPU the train worker and decoders hold
+    pos = np.arange(per_epoch, dtype=np.int64)
+    ds = ray.data.from_arrow([pa.table({"pos": pos[i: i + chunk]}) for i in range(0, per_epoch, chunk)])
+    ds.context.execution_options.preserve_order = preserve_order
     return ds.map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"mode": "train", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
                                "with_aux": cfg.uses_aux, "seed": cfg.train.seed,
                                "labeled": _pairs(labeled, cfg.data.root),
                                "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None, "ratio": ratio,
-                               "flip_map": flip_map},
+                               "flip_map": flip_map, "per_epoch": per_epoch, "clock": clock},
         batch_size=cfg.data.decode_batch,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,

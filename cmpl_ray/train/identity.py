@@ -34,8 +34,9 @@ VOLATILE_KEYS = frozenset({"train.log_every", "train.cpus_per_worker", "train.th
                            "train.max_bad_steps", "data.decode_actors", "data.cpus_per_decoder",
                            "data.decode_timeout_s"})
 """Changing these changes where results go or how fast they come, not what is trained (a run may move to a
-bigger machine or get more decoders and still resume). ``data.decode_batch`` is not among them: it sets the
-block size whose order is shuffled, so it changes the sample order."""
+bigger machine or get more decoders and still resume: a clip depends on its row's key, not on its decoder,
+see cmpl_ray/data/epochs.py). ``data.decode_batch`` is not among them: it sets the block size that
+``streaming_split`` deals to the ranks, so with several workers it changes which rows each rank trains on."""
 
 
 class RunMismatch(RuntimeError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..data.epochs import start_clock
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
                              resolve_flip_map, steps_per_epoch)
 from . import identity, tracking
@@ -45,6 +46,17 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     if not os.environ.get("RAY_ADDRESS") and num_cpus:
         kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
+
+
+def _ordered():
+    """Ray Train's default ingest options with ``preserve_order``: the training batches (and, with several
+    ranks, which rows each rank gets) follow the rows' order, not which decode actor finishes first, so a
+    run is a function of its seed (measured cost: README, "Data pipeline")."""
+    from ray.train import DataConfig
+
+    opts = DataConfig.default_ingest_options()
+    opts.preserve_order = True
+    return opts
 
 
 def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
@@ -132,7 +144,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         return done
     record = identity.begin(store, cfg.run.name, ident, record)
     ensure_ray()
-    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map),
+    clock = start_clock()  # the epoch the training rows are drawn for, set by rank 0 (cmpl_ray.data.epochs)
+    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock),
                 "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
 
     os.makedirs(out_dir, exist_ok=True)
@@ -162,7 +175,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         relay = start_relay(uri)
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
-                   "identity": ident,
+                   "identity": ident, "epoch_clock": clock,
                    "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -177,16 +190,17 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "val"], execution_options={"train": _ordered()}),
     )
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
     finally:
-        if relay is not None:
-            import ray
+        import ray
 
-            ray.kill(relay)
+        for actor in (relay, clock):
+            if actor is not None:
+                ray.kill(actor)
     wall = time.perf_counter() - t0
     mpath = os.path.join(out_dir, "metrics.json")
     metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})

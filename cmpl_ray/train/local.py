@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.pipeline import (ClipDecoder, _pairs, class_names, epoch_rows, iter_val_batches, read_split_lists,
-                             resolve_data, resolve_flip_map, steps_per_epoch)
+from ..data.epochs import epoch_rows, row_keys
+from ..data.pipeline import (ClipDecoder, _pairs, class_names, iter_val_batches, read_split_lists, resolve_data,
+                             resolve_flip_map, steps_per_epoch)
 from .build import build_networks, make_optimizer
 from .ema import WeightEma
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
-
-KEY_STRIDE = 1 << 32  # key = epoch * KEY_STRIDE + position: unique per sample of a run
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -79,7 +78,7 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     t_run = time.perf_counter()
     for epoch in range(cfg.train.epochs):
         rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, steps * b_l, ratio, [cfg.train.seed, epoch])
-        keys = epoch * KEY_STRIDE + np.arange(len(rows), dtype=np.int64)
+        keys = row_keys(epoch, np.arange(len(rows)))  # the Ray Train path keys its rows the same way
         loader = torch.utils.data.DataLoader(StepBatches(dec, rows, keys, b_l), batch_size=None,
                                              num_workers=loader_workers, prefetch_factor=4 if loader_workers else None,
                                              worker_init_fn=_worker_init if loader_workers else None)

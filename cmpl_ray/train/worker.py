@@ -24,6 +24,7 @@ import ray.train
 import ray.train.torch
 
 from ..config import Config, from_dict, save_config
+from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
 from . import checkpoint as ckpt
 from .build import build_networks, make_optimizer
@@ -82,9 +83,18 @@ def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return batch
 
 
-def _epoch_batches(shard, batch_size: int):
-    """One epoch of the shard (exactly ``steps`` batches: the dataset holds steps x B_l x world rows)."""
+def _epoch_batches(shard, batch_size: int, epoch: int, clock: Any = None, rank: int = 0):
+    """One epoch of the shard (exactly ``steps`` batches: the dataset holds steps x B_l x world rows).
+
+    Rank 0 first sets the epoch clock the decoders draw this epoch's rows from: the shards' execution
+    starts only when every rank has asked for the epoch (``streaming_split``'s barrier), hence after that.
+    Every row's key names its epoch, so a row drawn for another epoch could never train unnoticed."""
+    if clock is not None and rank == 0:
+        ray.get(clock.set.remote(epoch))
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
+        if "key" in batch and clock is not None and bool((batch["key"] // KEY_STRIDE != epoch).any()):
+            raise RuntimeError(f"epoch {epoch} got rows of epoch {int(batch['key'][0] // KEY_STRIDE)}: "
+                               "the epoch clock was not set before the dataset ran")
         yield _flatten_unlabeled(batch)
 
 
@@ -174,14 +184,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min")
 
     shard = ray.train.get_dataset_shard("train")  # steps x B_l rows per rank per epoch
+    clock = config.get("epoch_clock")  # which epoch's rows the decoders draw (cmpl_ray.data.epochs)
     val_shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
     semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
     for epoch in range(start_epoch, cfg.train.epochs):
-        res = train_one_epoch(primary, aux, optimizer, _epoch_batches(shard, cfg.train.batch_labeled), cfg, epoch=epoch,
-                              steps=steps, global_step=global_step, total_steps=total_steps, device=device,
-                              scaler=scaler, log_fn=log_step, ema=ema)
+        batches = _epoch_batches(shard, cfg.train.batch_labeled, epoch, clock, rank)
+        res = train_one_epoch(primary, aux, optimizer, batches, cfg, epoch=epoch, steps=steps, global_step=global_step,
+                              total_steps=total_steps, device=device, scaler=scaler, log_fn=log_step, ema=ema)
         global_step += res.steps + res.skipped_steps
         # bad samples of every rank -> one warning per file on rank 0, exact counts
         gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples))

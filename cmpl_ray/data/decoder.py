@@ -1,0 +1,250 @@
+"""Decoding and augmenting videos into training and evaluation clips: :class:`ClipDecoder`.
+
+It runs inside Ray Data's ``map_batches`` actors (the trainer), in-process (``cmpl-ray eval`` / ``predict``)
+and in the Ray-free runner (:mod:`cmpl_ray.train.local`). A keyed training row's clips come from its own
+generators (:mod:`cmpl_ray.data.epochs`), never from the process that decodes it.
+
+A bad video never kills an epoch: its row comes out with ``valid=False``, zero pixels and an error code, so
+batch shapes and the number of steps per rank stay fixed (``streaming_split`` needs equal consumption) and
+the trainer counts and names it. Error codes: :data:`ERR_CODES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig
+from . import augment
+from .decode import BadVideo, read_sampled
+from .epochs import EpochTable, row_keys, row_rng
+from .sampling import clip_indices, eval_clip_starts, sample_train_indices
+
+log = logging.getLogger(__name__)
+
+ERR_CODES = {0: "ok", 1: "missing", 2: "empty", 3: "undecodable", 4: "timeout", 5: "bad_label", 98: "padding",
+             99: "looped_short"}
+_REASON_TO_CODE = {"missing": 1, "empty": 2, "undecodable": 3, "timeout": 4, "bad_label": 5}
+PAD, LOOPED = 98, 99
+
+
+def _fetch(path: str) -> str | bytes:
+    """Local paths go straight to decord; object-store URIs are read into memory with pyarrow."""
+    if "://" not in path or path.startswith("file://"):
+        return path.removeprefix("file://")
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    try:
+        with fs.open_input_file(p) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadVideo("missing") from None
+    except OSError as e:
+        raise BadVideo("missing" if "not found" in str(e).lower() or "no such" in str(e).lower() else "undecodable") from e
+
+
+def _code(e: BadVideo) -> int:
+    return _REASON_TO_CODE.get(getattr(e, "reason", "undecodable"), 3)
+
+
+class ClipDecoder:
+    """Decodes and augments videos into the clips a training step or an evaluation needs.
+
+    mode "train": each input row is one labeled video plus ``ratio`` unlabeled ones (list indices, see
+    :func:`~cmpl_ray.data.epochs.epoch_rows`), so a batch of
+    B_l rows carries B_l labeled and B_u = ratio x B_l unlabeled clips and one dataset feeds the whole step.
+    A row is either ``pos`` (its position in the epoch: the decoder draws the epoch's rows itself, from the
+    epoch ``clock`` says, over ``per_epoch`` positions) or ``data`` (the indices) with an optional ``key``.
+    Every keyed video's clip comes from its own generator (:func:`~cmpl_ray.data.epochs.row_rng`), so it
+    does not depend on the actor or the batch that decodes it.
+    Outputs ``l_p``/``l_a`` (standard views) and ``u_weak_p``, ``u_strong_p``, ``u_weak_a``, ``u_strong_a``
+    of shape (ratio, C, T, S, S), and ``key`` when rows have one. mode "val": ``v_p``/``v_a`` (views, C, T,
+    S, S) for clips x crops.
+    """
+
+    def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
+                 labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
+                 ratio: int = 0, flip_map: list[int] | None = None, per_epoch: int = 0, clock: Any = None):
+        import torch
+
+        torch.set_num_threads(1)  # one decode actor = one core; parallelism comes from the pool
+        self.mode, self.dc, self.k, self.with_aux = mode, DataConfig(**data_cfg), num_classes, with_aux
+        self.rng = np.random.default_rng(seed)  # unkeyed rows only (tests, benchmarks): never the training path
+        self.seed, self.labeled, self.unlabeled = seed, labeled or [], unlabeled or []
+        self.ratio, self.clock = ratio, clock
+        self.table = EpochTable(len(self.labeled), len(self.unlabeled), per_epoch, ratio if self.unlabeled else 0, seed)
+        self.flip_map = list(flip_map) if flip_map else list(range(num_classes))  # label of a flipped clip
+        self.t_p = self.dc.raw_clip_len // self.dc.primary_stride
+        self.t_a = self.dc.raw_clip_len // self.dc.aux_stride
+        self.warned: set[str] = set()
+
+    # -- one video --------------------------------------------------------------------------------------
+    def _decode_train(self, path: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        dc = self.dc
+        t_p = dc.raw_clip_len // dc.primary_stride
+
+        def choose(n: int, fps: float) -> np.ndarray:
+            idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
+                                                dc.time_offset, rng)
+            return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
+
+        frames, n, _ = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)  # (T,H,W,3)
+        return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len
+
+    def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        import torch
+
+        dc = self.dc
+        t_p, t_a = dc.raw_clip_len // dc.primary_stride, dc.raw_clip_len // dc.aux_stride
+
+        def choose(n: int, fps: float) -> np.ndarray:
+            starts = eval_clip_starts(n, dc.raw_clip_len, dc.eval_clips)
+            ip = [clip_indices(n, s, dc.raw_clip_len, dc.primary_stride) for s in starts]
+            ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
+            return np.concatenate(ip + ia)
+
+        frames, n, _ = read_sampled(_fetch(path), choose, short_side=dc.test_short_side,
+                                    timeout_s=dc.decode_timeout_s)
+        out, pos = [], 0
+        for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
+            views = []
+            for _ in range(count):
+                views.append(augment.eval_views(frames[pos: pos + t], dc.crop_size, dc.eval_crops))
+                pos += t
+            out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
+        return out[0], out[1], n < dc.raw_clip_len
+
+    def _views(self, kind: str, path: str, label: int,
+               rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int]:
+        """(views, code, label) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The label
+        comes back remapped (``data.flip_label_map``) when a labeled clip was flipped."""
+        dc, rng = self.dc, rng or self.rng
+        if not 0 <= label < self.k:
+            raise BadVideo("bad_label")
+        if kind == "val":
+            vp, va, short = self._decode_val(path)
+            views = {"v_p": vp} if va is None else {"v_p": vp, "v_a": va}
+            return views, LOOPED if short else 0, label
+        size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
+        fp, fa, short = self._decode_train(path, size, rng)
+        clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
+        if kind == "labeled":
+            flipped = bool(dc.flip and rng.random() < 0.5)  # one decision for both networks' clips
+            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng, flipped)
+                     for n, c in clips.items()}
+            label = self.flip_map[label] if flipped else label
+        else:
+            views = {}
+            for n, c in clips.items():
+                views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
+                views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
+                                                        dc.randaug_m, dc.cutout, dc.cutout_uniform)
+        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label
+
+    def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
+        s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
+        v = self.dc.eval_clips * self.dc.eval_crops
+        keys = {"labeled": {"l_p": (3, tp, s, s), "l_a": (3, ta, s, s)},
+                "unlabeled": {"u_weak_p": (3, tp, s, s), "u_strong_p": (3, tp, s, s),
+                              "u_weak_a": (3, ta, s, s), "u_strong_a": (3, ta, s, s)},
+                "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[kind]
+        return {k: shp for k, shp in keys.items() if self.with_aux or not k.endswith("_a")}
+
+    def safe_views(self, kind: str, path: str, label: int,
+                   rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], bool, int, int]:
+        """(views, valid, err code, label): a bad video becomes zero clips + an error code, never an exception."""
+        code = PAD
+        if path:
+            try:
+                views, code, label = self._views(kind, path, label, rng)
+                if code == LOOPED:
+                    self._warn_once(path, code)
+                return views, True, code, label
+            except BadVideo as e:
+                code = _code(e)
+            except Exception as e:  # a decoder bug or odd file must not kill the epoch either
+                log.debug("decode failed for %s: %r", path, e)
+                code = 3
+            self._warn_once(path, code)
+        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code, label
+
+    def _row_rngs(self, keys: np.ndarray | None, n: int):
+        """One generator per video slot of a row from (seed, key, slot) when rows carry a key (the sample's
+        identity: epoch and position), so a clip does not depend on which actor decodes it or in what order;
+        else the decoder's own stream (unkeyed calls from tests and benchmarks)."""
+        if keys is None:
+            return [lambda j: self.rng] * n
+        return [(lambda j, key=int(key): row_rng(self.seed, key, j)) for key in keys]
+
+    def _rows(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(list indices (B, 1 + ratio), keys or None) of a batch of ``pos`` or ``data`` rows."""
+        if "pos" not in batch:
+            rows = np.asarray(batch["data"], np.int64).reshape(len(batch["data"]), -1)
+            return rows, (np.asarray(batch["key"], np.int64) if "key" in batch else None)
+        pos = np.asarray(batch["pos"], np.int64)
+        epoch = 0
+        if self.clock is not None:
+            import ray
+
+            epoch = int(ray.get(self.clock.get.remote()))
+        return self.table(epoch)[pos], row_keys(epoch, pos)
+
+    def _warn_once(self, path: str, code: int) -> None:
+        if path not in self.warned:
+            self.warned.add(path)
+            log.warning("%s video %s: %s", "looping short" if code == LOOPED else "skipping", path, ERR_CODES[code])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.mode == "val":  # rows: path, label, index ("" = padding row)
+            out = self.decode_val([(str(p), int(y)) for p, y in zip(batch["path"], batch["label"])])
+            out["index"] = np.asarray(batch["index"], np.int64)
+            return out
+        rows, keys = self._rows(batch)  # (B, 1 + ratio)
+        cols: dict[str, list] = {}
+        meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
+        if self.unlabeled:
+            meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index")})
+        for row, rng_of in zip(rows, self._row_rngs(keys, len(rows))):
+            path, label = self.labeled[row[0]]
+            views, ok, code, label = self.safe_views("labeled", path, label, rng_of(0))
+            for k, v in views.items():
+                cols.setdefault(k, []).append(v)
+            meta["y_l"].append(label if ok else 0), meta["l_valid"].append(ok)
+            meta["l_err"].append(code), meta["l_index"].append(row[0])
+            if not self.unlabeled:
+                continue
+            per: dict[str, list] = {}
+            for j, ui in enumerate(row[1: 1 + self.ratio]):
+                path, label = self.unlabeled[ui]
+                views, ok, code, _ = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0,
+                                                     rng_of(1 + j))
+                for k, v in views.items():
+                    per.setdefault(k, []).append(v)
+                meta["y_u"].append(label), meta["u_valid"].append(ok)
+                meta["u_err"].append(code), meta["u_index"].append(ui)
+            for k, v in per.items():
+                cols.setdefault(k, []).append(np.stack(v))  # (ratio, C, T, S, S)
+        out = {k: np.stack(v) for k, v in cols.items()}
+        n = len(rows)
+        for k, v in meta.items():
+            arr = np.asarray(v, bool if k.endswith("valid") else np.int64)
+            out[k] = arr.reshape(n, self.ratio) if k.startswith(("u_", "y_u")) else arr
+        if keys is not None:
+            out["key"] = keys
+        return out
+
+    def decode_val(self, items: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+        """Evaluation views of a few videos (in-process; used by training-time eval and ``cmpl-ray eval``)."""
+        cols: dict[str, list] = {}
+        ys, valid, errs = [], [], []
+        for path, label in items:
+            views, ok, code, _ = self.safe_views("val", path, label)
+            for k, v in views.items():
+                cols.setdefault(k, []).append(v)
+            ys.append(label if ok else 0), valid.append(ok), errs.append(code)
+        out = {k: np.stack(v) for k, v in cols.items()}
+        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64))
+        return out
