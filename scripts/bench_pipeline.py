@@ -1,10 +1,11 @@
 """Benchmark: the full unlabeled pipeline (decode + 4 augmented views) vs raw decord decode of the same frames.
 
 Both run on the same machine and core count over the same videos and frame indices. Also measures Ray Data
-throughput of the training stream with 1 and 2 decode actors and the process's peak memory.
+throughput of the training stream with 1 and 2 decode actors, each with and without ``preserve_order`` (the
+deterministic batch order the trainer uses), and the process's peak memory.
 The last line is the headline: ``pipeline_vs_decode: <ratio>`` (target >= 0.8).
 
-    python scripts/bench_pipeline.py [--videos 48] [--size 128] [--crop 112] [--frames 64]
+    python scripts/bench_pipeline.py [--videos 48] [--size 128] [--crop 112] [--frames 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="dataset root with train.txt (default: write a synthetic set)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Data scaling part")
     ap.add_argument("--ray-steps", type=int, default=40, help="rows/2 streamed per Ray Data measurement")
+    ap.add_argument("--repeats", type=int, default=1, help="Ray Data measurements per setting (ordered and not)")
+    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="decode actor counts to measure")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -84,7 +87,7 @@ def main() -> None:
         from cmpl_ray.data.pipeline import build_train_dataset
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        for actors in (1, 2):
+        for actors in args.actors:
             c = load_config("demo", overrides=[f"{k}={v}" for k, v in {
                 **{f"data.{f.name}": getattr(dc, f.name) for f in dataclasses.fields(dc)
                    if f.name in ("root", "crop_size", "test_short_side", "raw_clip_len", "primary_stride",
@@ -92,13 +95,22 @@ def main() -> None:
                 "data.train_short_side": f"[{dc.crop_size}, {dc.crop_size + 16}]", "data.decode_actors": actors,
                 "data.cpus_per_decoder": 1, "algo.unlabeled_ratio": 4, "train.batch_labeled": 2,
                 "data.decode_batch": 2}.items()])
-            ds = build_train_dataset(c, items[:8], items, 8, world=1, steps=args.ray_steps)
-            it = iter(ds.iter_batches(batch_size=2, batch_format="numpy", prefetch_batches=4))
-            next(it)  # actor start-up is not throughput
-            t0 = time.perf_counter()
-            n = sum(int(b["l_p"].shape[0]) * 5 for b in it)  # 1 labeled + 4 unlabeled videos per row
-            rate = n / (time.perf_counter() - t0)
-            print(f"ray data, {actors} decode actor(s): {rate:7.1f} videos/s")
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(args.repeats):  # interleaved, so a busy spell of the machine hits both alike
+                for ordered in (False, True):
+                    ds = build_train_dataset(c, items[:8], items, 8, world=1, steps=args.ray_steps,
+                                             preserve_order=ordered)
+                    it = iter(ds.iter_batches(batch_size=2, batch_format="numpy", prefetch_batches=4))
+                    next(it)  # actor start-up is not throughput
+                    t0 = time.perf_counter()
+                    n = sum(int(b["l_p"].shape[0]) * 5 for b in it)  # 1 labeled + 4 unlabeled videos per row
+                    rates[ordered].append(n / (time.perf_counter() - t0))
+            for ordered in (False, True):
+                r = rates[ordered]
+                print(f"ray data, {actors} decode actor(s), preserve_order {'on ' if ordered else 'off'}: "
+                      f"{np.median(r):7.1f} videos/s (median of {len(r)}: {', '.join(f'{x:.1f}' for x in r)})")
+            print(f"ray data, {actors} decode actor(s): ordered / unordered = "
+                  f"{np.median(rates[True]) / np.median(rates[False]):.3f}")
         ray.shutdown()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS (driver): {peak_mb:.0f} MiB")
