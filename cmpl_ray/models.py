@@ -38,6 +38,13 @@ def _scale(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def _check_args(width: float, num_classes: int) -> None:
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a finite number > 0 (channels = round(c * width) >= 1), got width={width!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+
+
 def _conv_bn(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> nn.Sequential:
     """Conv3d (no bias, BN follows) + BN with 'same' padding along each axis."""
     pad = tuple(k // 2 for k in kernel)
@@ -108,10 +115,7 @@ class ResNet3D(nn.Module):
                  width: float = 1.0, dropout: float = 0.5, base_channels: int = 64,
                  stem_kernel: Sequence[int] = (5, 7, 7), in_channels: int = 3) -> None:
         super().__init__()
-        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
-            raise ValueError(f"width must be a finite number > 0 (channels = round(c * width) >= 1), got width={width!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        _check_args(width, num_classes)
         self.width = float(width)
         stem_ch = _scale(base_channels, width)
         self.stem = nn.Sequential(
@@ -208,10 +212,7 @@ class Plain3D(nn.Module):
     def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5,
                  channels: Sequence[int] = (16, 32, 64, 128), t_strides: Sequence[int] = (1, 1, 2, 2)) -> None:
         super().__init__()
-        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
-            raise ValueError(f"width must be a finite number > 0 (channels = round(c * width) >= 1), got width={width!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        _check_args(width, num_classes)
         self.width = float(width)
         layers, cin = [], 3
         for c, st in zip(channels, t_strides):
