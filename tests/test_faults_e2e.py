@@ -152,7 +152,10 @@ def test_demo_http_servers_listen_on_loopback_only(tmp_path):
                 "--set", f"run.output_dir={tmp_path}/out", "--set", f"run.storage_path={tmp_path}/rr"])
     seen = []
     with open(tmp_path / "demo.log", "w") as log:
-        p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Ray's default auth mode, not what an in-process ray.init() of an earlier test left in os.environ
+        # (Ray sets RAY_AUTH_MODE=token in the initialising process, and an explicit mode prints no warning)
+        env = {k: v for k, v in _env().items() if k != "RAY_AUTH_MODE"}
+        p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             while p.poll() is None:
                 try:
