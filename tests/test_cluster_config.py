@@ -95,11 +95,16 @@ def test_setup_installs_cuda_torch_then_project(prepared):
     cmds = prepared["setup_commands"]
     torch_i = next(i for i, c in enumerate(cmds) if "torch==2.13.0" in c)
     assert "download.pytorch.org/whl/cu128" in cmds[torch_i]
-    proj_i = next(i for i, c in enumerate(cmds) if "cmpl-ray[tune]" in c)
-    assert torch_i < proj_i and "-e" in shlex.split(cmds[proj_i])
+    proj_i = next(i for i, c in enumerate(cmds) if '-e "$HOME/cmpl-ray"' in c)
+    words = shlex.split(cmds[proj_i])
+    assert torch_i < proj_i and "-e" in words
+    # the nodes install the tested versions: the lock travels with the checkout
+    assert words[words.index("-c") + 1] == "$HOME/cmpl-ray/constraints.txt"
     import ray
 
     assert f"ray[default]=={ray.__version__}" in cmds[proj_i], "pin the cluster's Ray to this Ray version"
+    lock = open(os.path.join(os.path.dirname(CLUSTER), "constraints.txt")).read()
+    assert f"\nray=={ray.__version__}\n" in lock, "the lock and the cluster's Ray pin disagree"
     assert prepared["file_mounts"]["~/cmpl-ray"] == "."
 
 
