@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
+PL_COUNTS = "pl_counts_"
+"""Stats keys with this prefix are (K, 4) :func:`pseudo_label_counts` tensors (summed), not scalar means."""
 
 
 def teacher_distributions(p_f: Tensor, p_a: Tensor, scheme: str, threshold: float) -> tuple[Tensor, Tensor]:
@@ -117,13 +119,32 @@ def _forward_views(net: nn.Module, views: list[Tensor], bn_mode: str) -> list[Te
     return parts
 
 
-def _pl_stats(prefix: str, mask: Tensor, target: Tensor, y_u: Tensor | None, valid: Tensor | None) -> dict[str, Tensor]:
+def pseudo_label_counts(mask: Tensor, target: Tensor, y_u: Tensor, valid: Tensor | None, num_classes: int) -> Tensor:
+    """(K, 4) per-class counts of one batch's pseudo-labels, summed over steps (and ranks) by the caller:
+    column 0 clips of true class k, 1 of those kept (above the threshold), 2 of those kept with the right label,
+    3 clips whose kept pseudo-label is k. So per class: mask rate = c1 / c0, recall = c2 / c0 and precision
+    = c2 / c3 (a class can be over-predicted while its own clips stay below the threshold)."""
+    ok = valid.float() if valid is not None else torch.ones_like(mask)
+    kept = mask * ok
+    y, t = y_u.long(), target.long()
+    out = torch.zeros(num_classes, 4, device=mask.device)
+    out[:, 0].index_add_(0, y, ok)
+    out[:, 1].index_add_(0, y, kept)
+    out[:, 2].index_add_(0, y, kept * (t == y).float())
+    out[:, 3].index_add_(0, t, kept)
+    return out
+
+
+def _pl_stats(prefix: str, mask: Tensor, target: Tensor, y_u: Tensor | None, valid: Tensor | None,
+              num_classes: int = 0) -> dict[str, Tensor]:
     n = valid.float().sum().clamp(min=1.0) if valid is not None else torch.tensor(float(len(mask)), device=mask.device)
     stats = {f"mask_rate_{prefix}": mask.sum() / n}
     if y_u is not None:
         correct = (target == y_u).float() * mask
         stats[f"pl_acc_{prefix}"] = correct.sum() / mask.sum().clamp(min=1.0)  # precision of kept labels
         stats[f"pl_correct_ratio_{prefix}"] = correct.sum() / n  # Fig. 2: correct pseudo-labels / all clips
+        if num_classes:  # not a scalar: the loop sums it apart from the means (see PL_COUNTS)
+            stats[f"{PL_COUNTS}{prefix}"] = pseudo_label_counts(mask, target, y_u, valid, num_classes)
     return stats
 
 
@@ -167,7 +188,7 @@ def compute_objective(
         loss_u_f, mask_f, target_f = pseudo_label_loss(lo_s_f, p_f, threshold, u_valid)
         loss = loss_s_f + lambda_u * loss_u_f
         stats.update(loss_s_f=loss_s_f.detach(), loss_u_f=loss_u_f.detach(), loss=loss.detach())
-        stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid))
+        stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid, lo_w_f.shape[1]))
         return loss, stats
     if algo != "cmpl":
         raise ValueError(f"algo.name: must be supervised, fixmatch or cmpl, got {algo!r}")
@@ -188,6 +209,6 @@ def compute_objective(
         loss_s_f=loss_s_f.detach(), loss_s_a=loss_s_a.detach(), loss_u_f=loss_u_f.detach(),
         loss_u_a=loss_u_a.detach(), loss=loss.detach(),
     )
-    stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid))
-    stats.update(_pl_stats("a", mask_a, target_a, y_u, u_valid))
+    stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid, lo_w_f.shape[1]))
+    stats.update(_pl_stats("a", mask_a, target_a, y_u, u_valid, lo_w_a.shape[1]))
     return loss, stats

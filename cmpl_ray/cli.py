@@ -75,7 +75,7 @@ def cmd_step(args) -> int:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    stats = {k2: round(float(v), 4) for k2, v in stats.items()}
+    stats = {k2: round(float(v), 4) for k2, v in stats.items() if v.numel() == 1}  # per-class counts aside
     print(json.dumps({"algo": cfg.algo.name, "seconds": round(time.perf_counter() - t0, 3), **stats}))
     return 0
 

@@ -187,3 +187,36 @@ def test_bn_clean_keeps_strong_views_out_of_running_stats():
     assert torch.allclose(net[0].running_var, ref[0].running_var)
     assert net[0].momentum == ref[0].momentum  # restored
     assert [o.shape[0] for o in out] == [2, 3, 3] and not out[1].requires_grad and out[2].requires_grad
+
+
+def test_pseudo_label_counts_hand_computed():
+    from cmpl_ray.algorithm import pseudo_label_counts
+    from cmpl_ray.train.loop import pseudo_label_per_class
+
+    # 5 clips, 3 classes: true labels, pseudo-labels, kept mask, last clip failed to decode
+    y_u = torch.tensor([0, 0, 1, 2, 2])
+    target = torch.tensor([0, 1, 1, 1, 2])
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    valid = torch.tensor([True, True, True, True, False])
+    c = pseudo_label_counts(mask, target, y_u, valid, 3)
+    # class 0: 2 clips, both kept, 1 right; class 1: 1 clip, not kept; class 2: 1 valid clip, kept as 1 (wrong)
+    # kept labels: 0 once (right), 1 twice (one from class 0, one from class 2, both wrong), 2 never (invalid clip)
+    assert c.tolist() == [[2, 2, 1, 1], [1, 0, 0, 2], [1, 1, 0, 0]]
+    pc = pseudo_label_per_class(c)
+    assert pc["mask_rate"] == [100.0, 0.0, 100.0]
+    assert pc["precision"][:2] == [100.0, 0.0] and math.isnan(pc["precision"][2])
+    assert pc["recall"] == [50.0, 0.0, 0.0]
+
+
+def test_objective_reports_per_class_counts_that_match_the_scalars():
+    torch.manual_seed(0)
+    k, b = 4, 6
+    net_f, net_a = nn.Linear(3, k), nn.Linear(3, k)
+    batch = {n: torch.randn(b, 3) for n in ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+    batch.update(y_l=torch.randint(0, k, (b,)), y_u=torch.randint(0, k, (b,)))
+    _, stats = compute_objective(net_f, net_a, batch, algo="cmpl", threshold=0.0)
+    for net in ("f", "a"):
+        c = stats[f"pl_counts_{net}"]
+        assert c.shape == (k, 4) and float(c[:, 0].sum()) == b
+        assert float(c[:, 1].sum()) / b == pytest.approx(float(stats[f"mask_rate_{net}"]))
+        assert float(c[:, 2].sum()) / float(c[:, 3].sum()) == pytest.approx(float(stats[f"pl_acc_{net}"]))

@@ -56,6 +56,16 @@ def test_local_runner_is_reproducible_whatever_the_loader_processes(tmp_path):
     assert runs[0]["train_loss"] == pytest.approx(runs[1]["train_loss"], rel=1e-5)
     assert runs[0]["val_top1"] == runs[1]["val_top1"]
     assert 0.0 <= runs[0]["val_top1"] <= 100.0 and len(runs[0]["per_class"]) == 5
+    # CMPL records each round's pseudo-labels per class and network (mask rate, precision, recall)
+    semi = [s for s in sets if not s.startswith(("algo.name", "data.unlabeled_list"))]
+    cm = run_local(_cfg(*semi, "algo.name=cmpl", f"data.unlabeled_list={root}/train.txt", "algo.threshold=0.01",
+                        "train.epochs=1", "train.eval_every=1", "train.batch_labeled=2", "algo.unlabeled_ratio=1"),
+                   loader_workers=0, threads=1, log=None)
+    for net in ("f", "a"):
+        pc = cm["history"][-1][f"pl_per_class_{net}"]
+        assert set(pc) == {"mask_rate", "precision", "recall"} and all(len(v) == 5 for v in pc.values())
+        seen = [m for m in pc["mask_rate"] if m == m]  # threshold 0.01 < 1/5: every clip is kept
+        assert seen and all(m == 100.0 for m in seen)
 
 
 def test_crop_and_short_sides_are_derived_from_the_videos(tmp_path):

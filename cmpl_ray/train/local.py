@@ -26,7 +26,7 @@ from ..data.pipeline import (ClipDecoder, _pairs, class_names, iter_val_batches,
                              resolve_flip_map, steps_per_epoch)
 from .build import build_networks, make_optimizer
 from .ema import WeightEma
-from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
+from .loop import evaluate, per_class_accuracy, pseudo_label_per_class, summarize_eval, train_one_epoch
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -86,6 +86,8 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
                               global_step=epoch * steps, total_steps=total, device=dev, ema=ema)
         row = {f"train_{n}": v for n, v in res.means.items()}
         row.update(epoch=epoch + 1, epoch_seconds=res.seconds, skipped_samples=len(res.bad_samples))
+        for net, c in res.pl_counts.items():  # this round's pseudo-labels per class (lists, not scalars)
+            row[f"pl_per_class_{net}"] = pseudo_label_per_class(c)
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             nets = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
             counts = evaluate(nets[0], nets[1], iter_val_batches(cfg, val, k, aux is not None, threads=2), k, dev)
@@ -96,7 +98,7 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
             ev += f" aux {row['aux_val_top1']:.1f}" if "aux_val_top1" in row else ""
             log(f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
                 f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)")
-    final = dict(history[-1])
+    final = {k: v for k, v in history[-1].items() if not k.startswith("pl_per_class_")}
     final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names)
     if counts is not None:
         final["per_class"] = per_class_accuracy(counts)

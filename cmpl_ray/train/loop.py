@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..algorithm import compute_objective
+from ..algorithm import PL_COUNTS, compute_objective
 from ..config import Config
 from .ema import WeightEma
 
@@ -62,6 +62,7 @@ class EpochResult:
     bad_samples: list[tuple[str, int, int]] = field(default_factory=list)  # (stream, index, err)
     looped_samples: int = 0
     good_samples: int = 0  # decoded clips that trained (labeled + unlabeled, looped short videos included)
+    pl_counts: dict[str, Tensor] = field(default_factory=dict)  # "f"/"a" -> (K, 4) pseudo_label_counts sums
 
 
 def _any_nonfinite(loss: Tensor) -> bool:
@@ -168,6 +169,10 @@ def train_one_epoch(
         res.clips += n_clips
         window_clips += n_clips
         res.steps += 1
+        for k in [k for k in stats if k.startswith(PL_COUNTS)]:  # per-class pseudo-label counts: summed
+            c = stats.pop(k).detach()
+            net = k[len(PL_COUNTS):]
+            res.pl_counts[net] = res.pl_counts[net] + c if net in res.pl_counts else c
         # one device->host copy for all statistics (a float() per entry would sync the GPU ~15 times a step)
         stats = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
         stats.update(lr=lr, lambda_u=lam)
@@ -178,6 +183,7 @@ def train_one_epoch(
             stats["clips_per_s"] = window_clips / max(now - window_t, 1e-9)
             window_t, window_clips = now, 0
             log_fn(global_step + res.steps + res.skipped_steps, stats)
+    res.pl_counts = {k: v.cpu() for k, v in res.pl_counts.items()}
     res.seconds = time.perf_counter() - t0
     res.means = {k: v / max(1, res.steps) for k, v in sums.items()}
     res.means["clips_per_s"] = res.clips / max(res.seconds, 1e-9)
@@ -244,3 +250,16 @@ def summarize_eval(counts: Mapping[str, Tensor], has_aux: bool) -> dict[str, flo
 def per_class_accuracy(counts: Mapping[str, Tensor], prefix: str = "") -> list[float]:
     total = counts["total"]
     return [float(c / t) if t > 0 else float("nan") for c, t in zip(counts[f"{prefix}top1"], total)]
+
+
+def pseudo_label_per_class(counts: Tensor) -> dict[str, list[float]]:
+    """Per-class pseudo-label quality from summed (K, 4) :func:`~cmpl_ray.algorithm.pseudo_label_counts`:
+    ``mask_rate`` (kept / clips of the class), ``precision`` (right / kept with that label) and ``recall``
+    (right / clips of the class), in %; NaN where a class had no clip (or no kept label)."""
+    c = counts.double()
+
+    def ratio(a: Tensor, b: Tensor) -> list[float]:
+        return [100.0 * float(x / y) if y > 0 else float("nan") for x, y in zip(a, b)]
+
+    return {"mask_rate": ratio(c[:, 1], c[:, 0]), "precision": ratio(c[:, 2], c[:, 3]),
+            "recall": ratio(c[:, 2], c[:, 0])}
