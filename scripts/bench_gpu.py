@@ -14,6 +14,10 @@ strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is
 
     python scripts/bench_gpu.py --root DIR_WITH_train.txt [--steps 30] [--amp bf16 fp16 none]
     python scripts/bench_gpu.py --device cpu --preset demo --steps 2 --root demo_data   # smoke run
+    python scripts/bench_gpu.py --preset ucf101-1pct-r18 --set data.crop_size=112 --json bench.json
+
+``--set`` overrides the preset (the networks, clip shape and crop the bench measures); ``--json`` also writes the
+compute rows as a JSON list. ``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
 """
 
 from __future__ import annotations
@@ -95,10 +99,12 @@ def run_steps(cfg, nets, batches, steps, device, scaler, wait=None):
 
 
 def compute_bench(args, device, k):
-    rows, ms = [], {}
+    """Prints the compute table; returns one dict per (amp, algo): ms/step, clips/s, peak GiB, MFU."""
+    rows, ms, recs = [], {}, []
     for amp in args.amp:
         for algo in ("cmpl", "fixmatch"):
-            cfg = load_config(args.preset, overrides=[f"algo.name={algo}", f"train.amp={amp}", "algo.threshold=0.05"])
+            cfg = load_config(args.preset, overrides=list(getattr(args, "overrides", None) or [])
+                              + [f"algo.name={algo}", f"train.amp={amp}", "algo.threshold=0.05"])
             nets = networks(cfg, k, device)
             b = random_batch(cfg, k, args.batch_labeled, args.batch_labeled * args.ratio, device)
             scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
@@ -109,6 +115,9 @@ def compute_bench(args, device, k):
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             ms[(amp, algo)] = per * 1e3
             rows.append(f"| {algo} | {amp} | {per * 1e3:.1f} | {clips / per:.1f} | {mem:.1f} | {mfu:.3f} |")
+            recs.append({"algo": algo, "amp": amp, "ms_per_step": per * 1e3, "clips_per_s": clips / per,
+                         "peak_gib": mem if device.type == "cuda" else None, "mfu": mfu, "steps": res.steps, "batch_labeled": args.batch_labeled,
+                         "batch_unlabeled": args.batch_labeled * args.ratio})
             del nets, b
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -118,6 +127,7 @@ def compute_bench(args, device, k):
     print("\n".join(rows))
     for amp in args.amp:
         print(f"cmpl_vs_fixmatch_step[{amp}]: {ms[(amp, 'cmpl')] / ms[(amp, 'fixmatch')]:.3f}")
+    return recs
 
 
 class DecodedSteps(torch.utils.data.Dataset):
@@ -217,6 +227,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--skip-compute", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--json", default=None, help="also write the compute rows to this JSON file")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -226,7 +238,12 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, preset {args.preset}")
     if not args.skip_compute:
-        compute_bench(args, device, args.num_classes)
+        recs = compute_bench(args, device, args.num_classes)
+        if args.json:
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump([{"device": name, "preset": args.preset, "overrides": args.overrides, **r} for r in recs], f, indent=1)
     if args.root:
         pipeline_bench(args, device, args.num_classes)
     return 0

@@ -9,6 +9,11 @@ Sampling is a function of (``train.seed``, epoch, position): every epoch draws f
 groupings (``epoch_rows`` seeded by (seed, epoch)), and each sample's clip positions and augmentations come
 from its own generator, so two runs with the same config see the same clips whatever the number of loader
 processes.
+
+On a GPU (``device="cuda"``, or ``"auto"`` when one is visible) it trains as the Ray Train worker does:
+``train.amp`` autocast (a ``GradScaler`` for fp16), ``train.channels_last`` weights, cuDNN autotuning (clip
+shapes are fixed), pinned loader memory. Nothing here imports Ray or MLflow, so it runs where neither is
+installed.
 """
 
 from __future__ import annotations
@@ -49,10 +54,17 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the first GPU when torch sees one, else the CPU; any other name is taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", threads: int = 0,
               log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train ``cfg`` and evaluate every ``train.eval_every`` epochs; returns the final metrics with a per-epoch
-    ``history`` and ``per_class`` top-1 (primary, and auxiliary for CMPL)."""
+    ``history`` and ``per_class`` top-1 (primary, and auxiliary for CMPL). ``device``: see :func:`resolve_device`."""
     labeled, unlabeled, val = read_split_lists(cfg)
     resolve_data(cfg, labeled)
     names = class_names(cfg)
@@ -61,12 +73,19 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     ratio = cfg.algo.unlabeled_ratio if semi else 0
     steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), 1)
     b_l = cfg.train.batch_labeled
-    dev = torch.device(device)
+    dev = resolve_device(device)
+    on_gpu = dev.type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: autotuned kernels pay off after a few steps
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     primary, aux = build_networks(cfg, k)
     primary, aux = primary.to(dev), (aux.to(dev) if aux is not None else None)
+    if on_gpu and cfg.train.channels_last:  # as the Ray Train worker does
+        primary = primary.to(memory_format=torch.channels_last_3d)
+        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
+    scaler = torch.amp.GradScaler("cuda") if on_gpu and cfg.train.amp == "fp16" else None
     optimizer = make_optimizer(cfg, primary, aux)
     ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, cfg.train.seed,
@@ -81,9 +100,9 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
         keys = row_keys(epoch, np.arange(len(rows)))  # the Ray Train path keys its rows the same way
         loader = torch.utils.data.DataLoader(StepBatches(dec, rows, keys, b_l), batch_size=None,
                                              num_workers=loader_workers, prefetch_factor=4 if loader_workers else None,
-                                             worker_init_fn=_worker_init if loader_workers else None)
+                                             worker_init_fn=_worker_init if loader_workers else None, pin_memory=on_gpu)
         res = train_one_epoch(primary, aux, optimizer, loader, cfg, epoch=epoch, steps=steps,
-                              global_step=epoch * steps, total_steps=total, device=dev, ema=ema)
+                              global_step=epoch * steps, total_steps=total, device=dev, scaler=scaler, ema=ema)
         row = {f"train_{n}": v for n, v in res.means.items()}
         row.update(epoch=epoch + 1, epoch_seconds=res.seconds, skipped_samples=len(res.bad_samples))
         for net, c in res.pl_counts.items():  # this round's pseudo-labels per class (lists, not scalars)
@@ -99,7 +118,7 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
             log(f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
                 f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)")
     final = {k: v for k, v in history[-1].items() if not k.startswith("pl_per_class_")}
-    final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names)
+    final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names, device=str(dev))
     if counts is not None:
         final["per_class"] = per_class_accuracy(counts)
         if aux is not None:
