@@ -78,6 +78,13 @@ def test_a_keyed_clip_does_not_depend_on_its_batch_or_decoder(synth_root):
                                                  "key": row_keys(0, np.array([1, 3]))})
     for k in CLIPS + ("u_index", "key"):
         np.testing.assert_array_equal(by_pos[k], direct[k], err_msg=k)
+    # a run-long stream: position 6 + p is row p of epoch 1, also in a batch that straddles the epochs
+    straddle = _decoder(cfg, labeled, unlabeled, per_epoch=6)({"pos": np.array([5, 6, 9])})
+    assert straddle["key"].tolist() == [5, KEY_STRIDE, KEY_STRIDE + 3]
+    next_epoch = _decoder(cfg, labeled, unlabeled)({"data": epoch_rows(4, 12, 6, 2, [0, 1])[[0, 3]],
+                                                    "key": row_keys(1, np.array([0, 3]))})
+    for k in CLIPS + ("u_index", "key"):
+        np.testing.assert_array_equal(straddle[k][1:], next_epoch[k], err_msg=k)
     # another key, another clip (the strong views and crops are random)
     moved = _decoder(cfg, labeled, unlabeled)({"data": rows[[4]], "key": keys[[4]] + 1})
     assert not np.array_equal(moved["u_strong_p"][0], together["u_strong_p"][0])
@@ -91,31 +98,36 @@ def local_ray():
 
 
 def test_ray_stream_is_ordered_and_reproducible_with_two_decode_actors(synth_root, local_ray):
+    """One stream for the whole run (no pipeline restart per epoch): epoch e's rows follow epoch e-1's, in
+    order, each epoch redrawn; a stream started at epoch 1 (a resumed run) yields exactly what the
+    uninterrupted stream gave for epoch 1."""
     cfg = _cfg(synth_root)
     labeled, unlabeled = _lists(synth_root)
     steps = 3
     clock = start_clock()
-    ds = build_train_dataset(cfg, labeled, unlabeled, 4, world=1, steps=steps, clock=clock)
+    ds = build_train_dataset(cfg, labeled, unlabeled, 4, world=1, steps=steps, clock=clock, epochs=2)
     per_epoch = steps * 2
 
-    def epoch(e):
-        ray.get(clock.set.remote(e))
-        return list(ds.iter_batches(batch_size=2, batch_format="numpy", prefetch_batches=2))
+    def stream(start, n_batches):
+        ray.get(clock.set.remote(start))
+        out = []
+        for b in ds.iter_batches(batch_size=2, batch_format="numpy", prefetch_batches=2):
+            out.append(b)
+            if len(out) == n_batches:  # a resumed run stops reading where the run ends
+                break
+        return out
 
-    seen = {e: epoch(e) for e in (0, 1)}
-    again = epoch(1)  # re-run of epoch 1 (what a resumed run does): the same batches, in the same order
-    local = _decoder(cfg, labeled, unlabeled, per_epoch=per_epoch)
-    for e, batches in seen.items():
-        keys = np.concatenate([b["key"] for b in batches])
-        assert keys.tolist() == (e * KEY_STRIDE + np.arange(per_epoch)).tolist()  # preserve_order: row order
-        want = local({"pos": np.arange(per_epoch)}) if e == 0 else None
-        if want is not None:  # a decode actor's clips are the in-process decoder's (no clock: epoch 0)
-            for k in CLIPS:
-                np.testing.assert_array_equal(np.concatenate([b[k] for b in batches]), want[k], err_msg=k)
-    u0 = np.concatenate([b["u_index"] for b in seen[0]]).ravel()
-    u1 = np.concatenate([b["u_index"] for b in seen[1]]).ravel()
+    full = stream(0, 2 * steps)
+    keys = np.concatenate([b["key"] for b in full])
+    assert keys.tolist() == [e * KEY_STRIDE + p for e in (0, 1) for p in range(per_epoch)]  # preserve_order
+    want = _decoder(cfg, labeled, unlabeled, per_epoch=per_epoch)({"pos": np.arange(per_epoch)})
+    for k in CLIPS:  # a decode actor's clips are the in-process decoder's
+        np.testing.assert_array_equal(np.concatenate([b[k] for b in full[:steps]]), want[k], err_msg=k)
+    u0 = np.concatenate([b["u_index"] for b in full[:steps]]).ravel()
+    u1 = np.concatenate([b["u_index"] for b in full[steps:]]).ravel()
     assert sorted(u0) == sorted(u1) == list(range(12)) and not np.array_equal(u0, u1)  # redrawn per epoch
-    for a, b in zip(seen[1], again):
+    resumed = stream(1, steps)
+    for a, b in zip(full[steps:], resumed):
         for k in CLIPS + ("key", "u_index"):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     ray.kill(clock)

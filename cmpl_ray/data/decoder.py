@@ -56,8 +56,9 @@ class ClipDecoder:
     mode "train": each input row is one labeled video plus ``ratio`` unlabeled ones (list indices, see
     :func:`~cmpl_ray.data.epochs.epoch_rows`), so a batch of
     B_l rows carries B_l labeled and B_u = ratio x B_l unlabeled clips and one dataset feeds the whole step.
-    A row is either ``pos`` (its position in the epoch: the decoder draws the epoch's rows itself, from the
-    epoch ``clock`` says, over ``per_epoch`` positions) or ``data`` (the indices) with an optional ``key``.
+    A row is either ``pos`` (its position in the stream: the decoder draws the rows itself, position p being
+    row ``p % per_epoch`` of epoch ``clock + p // per_epoch``, where the ``clock`` says at which epoch the
+    stream starts) or ``data`` (the indices) with an optional ``key``.
     Every keyed video's clip comes from its own generator (:func:`~cmpl_ray.data.epochs.row_rng`), so it
     does not depend on the actor or the batch that decodes it.
     Outputs ``l_p``/``l_a`` (standard views) and ``u_weak_p``, ``u_strong_p``, ``u_weak_a``, ``u_strong_a``
@@ -185,12 +186,18 @@ class ClipDecoder:
             rows = np.asarray(batch["data"], np.int64).reshape(len(batch["data"]), -1)
             return rows, (np.asarray(batch["key"], np.int64) if "key" in batch else None)
         pos = np.asarray(batch["pos"], np.int64)
-        epoch = 0
+        start = 0
         if self.clock is not None:
             import ray
 
-            epoch = int(ray.get(self.clock.get.remote()))
-        return self.table(epoch)[pos], row_keys(epoch, pos)
+            start = int(ray.get(self.clock.get.remote()))
+        # a run-long stream holds every epoch's positions: position p is row p % per_epoch of epoch
+        # start + p // per_epoch (a batch never straddles epochs when per_epoch is a multiple of its size)
+        per = max(1, self.table.args[2])
+        epochs, within = start + pos // per, pos % per
+        parts = [(int(e), within[epochs == e]) for e in np.unique(epochs)]  # ascending = the batch's order
+        return (np.concatenate([self.table(e)[w] for e, w in parts]),
+                np.concatenate([row_keys(e, w) for e, w in parts]))
 
     def _warn_once(self, path: str, code: int) -> None:
         if path not in self.warned:

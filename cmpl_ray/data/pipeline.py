@@ -138,13 +138,15 @@ def _pairs(items: list[VideoItem], root: str) -> list[tuple[str, int]]:
 
 def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
                         world: int, steps: int, flip_map: list[int] | None = None, clock: Any = None,
-                        preserve_order: bool = True):
-    """One epoch of rows (steps x B_l x world), each = 1 labeled + ``ratio`` unlabeled videos, iterated once
-    per epoch. The dataset holds only row positions; the decoders draw the epoch's groupings themselves from
-    (``train.seed``, the epoch ``clock`` says: 0 without one) and every row's clip from its key
+                        preserve_order: bool = True, epochs: int = 1):
+    """``epochs`` epochs of rows (steps x B_l x world each), each row = 1 labeled + ``ratio`` unlabeled videos.
+    The training loop iterates it ONCE for the whole run (one stream, one decode actor pool: no pipeline
+    restart per epoch; the next epoch's first batches decode while the last ones train) and counts ``steps``
+    batches per epoch. The dataset holds only row positions; the decoders draw each epoch's groupings
+    themselves from (``train.seed``, epoch), the first epoch being the one the ``clock`` says (0 without
+    one; a resumed run starts later and leaves the stream's tail unread), and every row's clip from its key
     (:mod:`~cmpl_ray.data.epochs`), so an epoch's samples depend only on the seed and the epoch. Decoding
-    happens lazily in one actor pool, so memory stays bounded and a single executor owns Ray Data's CPU
-    budget (two concurrent datasets starve each other on a laptop).
+    happens lazily in one actor pool, so memory stays bounded.
 
     ``preserve_order`` (Ray Data's execution option, on this dataset's context; Ray Train takes it from
     the ``DataConfig`` instead, see launch.py) makes the batch sequence, and with several ranks which rows
@@ -156,12 +158,13 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
     semi = cfg.algo.name != "supervised"
     ratio = cfg.algo.unlabeled_ratio if semi else 0
     per_epoch = steps * cfg.train.batch_labeled * world
-    chunk = max(cfg.data.decode_batch, -(-per_epoch // 4000))  # bounded block count on big datasets
+    n = per_epoch * max(1, epochs)
+    chunk = max(cfg.data.decode_batch, -(-n // 4000))  # bounded block count on big datasets
     import pyarrow as pa
 
     # in-memory blocks, so no read or rename task: a task would wait for a CPU the train worker and decoders hold
-    pos = np.arange(per_epoch, dtype=np.int64)
-    ds = ray.data.from_arrow([pa.table({"pos": pos[i: i + chunk]}) for i in range(0, per_epoch, chunk)])
+    pos = np.arange(n, dtype=np.int64)
+    ds = ray.data.from_arrow([pa.table({"pos": pos[i: i + chunk]}) for i in range(0, n, chunk)])
     ds.context.execution_options.preserve_order = preserve_order
     return ds.map_batches(
         ClipDecoder,
@@ -179,8 +182,9 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
 
 def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, world: int, with_aux: bool):
     """Validation videos decoded by Ray Data, padded with empty rows (err = padding) to a multiple of
-    ``world`` so an equal ``streaming_split`` drops none: evaluation over all ranks is exact. It only runs
-    between training epochs, when the training stream's actors are gone, so the two never compete."""
+    ``world`` so an equal ``streaming_split`` drops none: evaluation over all ranks is exact. It runs between
+    training epochs while the training stream waits (its actors stay, holding a few prefetched batches), so
+    the CPUs for both pools must fit beside the train workers: 2 x decode_actors x cpus_per_decoder."""
     import ray.data
 
     quiet_data()

@@ -144,8 +144,9 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         return done
     record = identity.begin(store, cfg.run.name, ident, record)
     ensure_ray()
-    clock = start_clock()  # the epoch the training rows are drawn for, set by rank 0 (cmpl_ray.data.epochs)
-    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock),
+    clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
+    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock,
+                                             epochs=cfg.train.epochs),
                 "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
 
     os.makedirs(out_dir, exist_ok=True)

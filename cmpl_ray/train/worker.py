@@ -9,6 +9,7 @@ and writes result files.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import sys
@@ -83,18 +84,26 @@ def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return batch
 
 
-def _epoch_batches(shard, batch_size: int, epoch: int, clock: Any = None, rank: int = 0):
-    """One epoch of the shard (exactly ``steps`` batches: the dataset holds steps x B_l x world rows).
+def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None,
+                 rank: int = 0):
+    """The whole run's batches from ONE iteration of the shard: the training loop takes ``steps`` of them per
+    epoch (``itertools.islice``), so the decode actor pool and its prefetch carry over epoch boundaries
+    instead of restarting every epoch (issue 18: the first batches of every epoch used to wait for a new pool).
 
-    Rank 0 first sets the epoch clock the decoders draw this epoch's rows from: the shards' execution
-    starts only when every rank has asked for the epoch (``streaming_split``'s barrier), hence after that.
-    Every row's key names its epoch, so a row drawn for another epoch could never train unnoticed."""
+    Rank 0 first sets the clock to the epoch the stream starts at (``start_epoch`` > 0 after a resume); the
+    shards' execution starts only when every rank has asked (``streaming_split``'s barrier), hence after that.
+    Every row's key names its epoch, so a row drawn for the wrong epoch could never train unnoticed: with one
+    rank the i-th batch must be epoch ``start + i // steps``'s; with several, ``streaming_split`` deals blocks
+    to the ranks by row count, so an epoch's last rows may reach a rank in its next epoch's first step."""
     if clock is not None and rank == 0:
-        ray.get(clock.set.remote(epoch))
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2):
-        if "key" in batch and clock is not None and bool((batch["key"] // KEY_STRIDE != epoch).any()):
-            raise RuntimeError(f"epoch {epoch} got rows of epoch {int(batch['key'][0] // KEY_STRIDE)}: "
-                               "the epoch clock was not set before the dataset ran")
+        ray.get(clock.set.remote(start_epoch))
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2)):
+        if "key" in batch and clock is not None:
+            got = batch["key"] // KEY_STRIDE
+            want = start_epoch + i // steps
+            if bool((got < start_epoch).any()) or (world == 1 and bool((got != want).any())):
+                raise RuntimeError(f"step {i} of a stream that starts at epoch {start_epoch} got rows of epoch "
+                                   f"{int(got.min())}: the epoch clock was not set before the dataset ran")
         yield _flatten_unlabeled(batch)
 
 
@@ -183,14 +192,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"loss {stats.get('loss', float('nan')):.4f} lr {stats['lr']:.4g} "
                   f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min")
 
-    shard = ray.train.get_dataset_shard("train")  # steps x B_l rows per rank per epoch
-    clock = config.get("epoch_clock")  # which epoch's rows the decoders draw (cmpl_ray.data.epochs)
+    shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
+    clock = config.get("epoch_clock")  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
     val_shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
     semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
+    stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
     for epoch in range(start_epoch, cfg.train.epochs):
-        batches = _epoch_batches(shard, cfg.train.batch_labeled, epoch, clock, rank)
+        batches = itertools.islice(stream, steps)  # this epoch's steps of the run-long stream
         res = train_one_epoch(primary, aux, optimizer, batches, cfg, epoch=epoch, steps=steps, global_step=global_step,
                               total_steps=total_steps, device=device, scaler=scaler, log_fn=log_step, ema=ema)
         global_step += res.steps + res.skipped_steps
