@@ -136,7 +136,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .train.inference import predict
 
-    for r in predict(args.checkpoint, args.videos, topk=args.topk):
+    for r in predict(args.checkpoint, args.videos, topk=args.topk, tracking_uri=args.tracking_uri):
         if "error" in r:
             print(f"{r['video']}: cannot decode ({r['error']})")
             continue
@@ -200,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root (default: the one in the checkpoint's config)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-5 classes of video files with a checkpoint")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("predict", help="top-5 classes of video files with a checkpoint or a logged MLflow model")
+    p.add_argument("checkpoint", help="checkpoint folder/file, or MLflow model URI: runs:/<run_id>/primary, "
+                                      "models:/<registered name>/<version>")
+    p.add_argument("--tracking-uri", default="", help="MLflow store of a runs:/ or models:/ URI (default: "
+                                                      "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("videos", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)

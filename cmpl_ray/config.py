@@ -322,10 +322,22 @@ class TrackingConfig:
     experiment: str = "cmpl-ray"
     """MLflow experiment name."""
     log_checkpoint: bool = True
-    """Upload the best checkpoint as an MLflow artifact at the end."""
+    """Upload the best checkpoint folder (both networks, optimizer: what ``eval`` and a resume read) as MLflow
+    artifacts at the end."""
+    log_model: bool = True
+    """Log the best checkpoint's primary network as an MLflow PyTorch model ``primary`` (signature, input
+    example; ``cmpl-ray predict runs:/<run_id>/primary``): what the UI lists as the run's model."""
+    register_as: str = ""
+    """Register that model in the MLflow model registry under this name (a new version per run); empty = do not
+    register. MLflow refuses names with '/' or ':'."""
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "tracking.experiment", "must not be empty")
+        name = self.register_as
+        _check(name == name.strip() and "/" not in name and ":" not in name and name not in (".", ".."),
+               "tracking.register_as", f"must be a model name without '/', ':' or surrounding spaces, got {name!r}")
+        _check(not name or self.log_model, "tracking.register_as",
+               "registers the logged model: needs tracking.log_model=true")
 
 
 @dataclass

@@ -85,6 +85,18 @@ def test_two_worker_run_writes_metrics_and_mlflow(trained):
     assert {"metrics.json", "config.yaml", "per_class.csv", "pseudo_label_ratio.png", "class_gap.png",
             "best_checkpoint"} <= arts
     assert os.path.exists(on_disk["best_checkpoint"])
+    # issue 17: one MLflow name per quantity (epoch means train_* stay in metrics.json for Tune), the lists as
+    # dataset inputs, the best checkpoint's primary network as model "primary", usable by predict
+    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("train_")]
+    assert "train_loss" in on_disk
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"labeled.txt", "unlabeled.txt", "val.txt"}
+    assert len(run.outputs.model_outputs) == 1
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    from cmpl_ray.train.inference import predict
+
+    video = os.path.join(cfg.data.root, read_list(cfg.data.val_list)[0].path)
+    top = predict(f"runs:/{run.info.run_id}/primary", [video], tracking_uri=cfg.tracking.uri)[0]["top"]
+    assert len(top) == 4 and 0.99 <= sum(p for _, p in top) <= 1.01
 
 
 def test_eval_and_predict_on_checkpoint(trained, synth_root, capsys):

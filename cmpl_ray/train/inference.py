@@ -1,4 +1,5 @@
-"""Evaluate or run a saved checkpoint outside training: ``cmpl-ray eval`` and ``cmpl-ray predict``.
+"""Evaluate or run a saved checkpoint outside training: ``cmpl-ray eval`` and ``cmpl-ray predict`` (which also
+takes the MLflow model a run logged, :mod:`cmpl_ray.train.mlflow_model`).
 
 Uses the same multi-clip x multi-crop protocol as training-time evaluation (softmax averaged over views,
 primary network for the answer, auxiliary reported for analysis).
@@ -17,7 +18,11 @@ from .build import build_networks
 
 
 def load_models(path: str) -> tuple[Config, torch.nn.Module, torch.nn.Module | None, list[str]]:
-    state = ckpt.load_checkpoint(path)
+    return models_from_state(ckpt.load_checkpoint(path))
+
+
+def models_from_state(state: dict) -> tuple[Config, torch.nn.Module, torch.nn.Module | None, list[str]]:
+    """Config, primary, auxiliary (or None) in eval mode with the weights validation measured, class names."""
     cfg = from_dict(state["config"])
     names = state.get("extra", {}).get("class_names") or []
     num_classes = state["primary"]["fc.weight"].shape[0] if "fc.weight" in state["primary"] else len(names)
@@ -39,10 +44,22 @@ def evaluate_checkpoint(path: str, list_path: str, root: str | None = None, batc
     return summarize_eval(counts, aux is not None)
 
 
-@torch.no_grad()
-def predict(path: str, videos: list[str], topk: int = 5) -> list[dict]:
-    """Top-k (class name, probability) of the primary network for each video file (decoded in-process)."""
+def load_primary(path: str, tracking_uri: str = "") -> tuple[Config, torch.nn.Module, list[str]]:
+    """(config, primary network, class names) from a checkpoint path or an MLflow model URI (``runs:/<run_id>/
+    primary``, ``models:/<name>/<version>``: the logged model, whose metadata carries the config and names)."""
+    from .mlflow_model import is_model_uri, load_logged_model
+
+    if is_model_uri(path):
+        return load_logged_model(path, tracking_uri)
     cfg, primary, _, names = load_models(path)
+    return cfg, primary, names
+
+
+@torch.no_grad()
+def predict(path: str, videos: list[str], topk: int = 5, tracking_uri: str = "") -> list[dict]:
+    """Top-k (class name, probability) of the primary network for each video file (decoded in-process with the
+    test-time preprocessing of the run's config); ``path``: a checkpoint or an MLflow model URI."""
+    cfg, primary, names = load_primary(path, tracking_uri)
     batch = val_decoder(cfg, len(names), with_aux=False).decode_val([(v, 0) for v in videos])
     out = []
     for i, video in enumerate(videos):

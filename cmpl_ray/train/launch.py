@@ -161,6 +161,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
                       "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
                       "derived.num_val": len(val)}
             run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
+            tracking.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs (mlflow_run.py)
         elif verbose:
             print(f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
                   f"{run_id}", flush=True)
@@ -214,13 +215,10 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
                    latest_checkpoint=result.checkpoint.path if result.checkpoint else None, fingerprint=fp,
                    mlflow_run_id=run_id)
     tracking.write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
-    if run_id and cfg.tracking.log_checkpoint and best is not None and "://" not in best.path:
-        try:
-            from mlflow import MlflowClient
+    if run_id:  # best checkpoint folder + MLflow model "primary"; tracking trouble never fails a finished run
+        from .mlflow_model import publish_best
 
-            MlflowClient(uri).log_artifacts(run_id, best.path, "best_checkpoint")
-        except Exception as e:  # tracking trouble never fails a finished run
-            print(f"[cmpl-ray] WARNING could not log the best checkpoint to MLflow: {e}", flush=True)
+        publish_best(cfg, uri, run_id, best, verbose)
     if _is_complete(metrics, cfg.train.epochs):
         identity.complete(store, cfg.run.name, record, metrics)
     if verbose:

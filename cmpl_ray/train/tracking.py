@@ -85,6 +85,13 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return uri
 
 
+def log_list_inputs(uri: str, run_id: str | None, cfg: Any) -> bool:
+    """The run's list files as MLflow dataset inputs (:func:`.mlflow_run.log_list_inputs`); never raises."""
+    from .mlflow_run import log_list_inputs as log_inputs
+
+    return log_inputs(uri, run_id, cfg)
+
+
 def ui_command(uri: str) -> str:
     """What a user runs to browse ``uri``; bound to loopback so runs are not exposed."""
     uri = resolve_tracking_uri(uri)
@@ -110,6 +117,7 @@ def start_run(
 
     For sqlite stores the experiment's artifacts go next to the database (``<db dir>/mlruns``)
     instead of MLflow's cwd-relative default, so the db and its artifacts travel together.
+    The experiment is tagged as a model-training one (:func:`.mlflow_run.mark_model_training`).
     """
     from mlflow.entities import Param
 
@@ -123,6 +131,9 @@ def start_run(
             exp_id = client.create_experiment(experiment, artifact_location=art)
         else:
             exp_id = exp.experiment_id
+        from .mlflow_run import mark_model_training  # UI opens on the runs table (see mlflow_run.py)
+
+        mark_model_training(client, exp_id, exp.tags if exp is not None else None)
         all_tags = {k: _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
         all_tags["mlflow.runName"] = run_name
         if parent_run_id:

@@ -235,9 +235,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.setdefault("val_top1", history[-1].get("val_top1", 0.0) if history else 0.0)
         history.append({k: float(v) for k, v in metrics.items()})
         if tracker is not None and global_step > logged_through:
-            # val_top1 is carried in non-eval epochs only for Ray's checkpoint ranking: do not log it again
-            tracker.log_metrics({k: v for k, v in metrics.items()
-                                 if evaluated or not k.startswith(("val_", "aux_val_"))}, global_step)
+            # val_top1 is carried in non-eval epochs only for Ray's checkpoint ranking: do not log it again; the
+            # train_* epoch means stay in the report (Tune) and metrics.json: MLflow has them per step as train/*
+            tracker.log_metrics({k: v for k, v in metrics.items() if not k.startswith("train_")
+                                 and (evaluated or not k.startswith(("val_", "aux_val_")))}, global_step)
             tracker.flush()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
