@@ -40,10 +40,24 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _console(args) -> None:
+    """Quiet unless --verbose or CMPL_VERBOSE=1: Ray's own output goes to <output dir>/ray.log (console.py)."""
+    from .train import console
+
+    console.configure(verbose=getattr(args, "verbose", False))
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print Ray's own log lines (default: they go to ray.log in the output folder; "
+                        "the env var CMPL_VERBOSE=1 does the same, e.g. under ray job submit)")
+
+
 def cmd_train(args) -> int:
     from .train.launch import run_training
 
     cfg = _config(args)
+    _console(args)
     if args.resume:
         cfg.run.resume = args.resume
     run_training(cfg, fresh=args.fresh)
@@ -107,6 +121,7 @@ def cmd_demo(args) -> int:
     from .data.synth import make_synthetic_dataset
     from .train.launch import run_training
 
+    _console(args)
     root = args.root
     if not os.path.exists(os.path.join(root, "train.txt")):
         t0 = time.perf_counter()
@@ -151,6 +166,7 @@ def cmd_tune(args) -> int:
 
     if not args.space and not args.resume:
         raise ValueError("give a search-space file (see search_spaces/) or --resume SWEEP")
+    _console(args)
     out = run_sweep(args.space, preset=args.preset, config_path=args.config, overrides=args.overrides,
                     num_samples=args.num_samples, name=args.name, storage=args.storage,
                     max_concurrent=args.max_concurrent, searcher=args.searcher, resume=args.resume,
@@ -184,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-per-class", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_verbose(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train with Ray Train (supervised | fixmatch | cmpl)")
@@ -192,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint directory (refused if it was trained with another config)")
     p.add_argument("--fresh", action="store_true",
                    help="start run.name over: its old folder is renamed (kept), a new MLflow run is created")
+    _add_verbose(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a list file (multi-clip x multi-crop)")
@@ -238,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["asha", "fifo"], default=None, help="override the file's scheduler")
     p.add_argument("--resume", default=None, metavar="SWEEP", help="restore an interrupted sweep by name")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="print a sweep as a markdown table from the MLflow store")

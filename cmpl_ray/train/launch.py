@@ -19,7 +19,7 @@ from ..config import Config
 from ..data.epochs import start_clock
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
                              resolve_flip_map, steps_per_epoch)
-from . import identity, tracking
+from . import console, identity, tracking
 
 
 def storage_path(cfg: Config) -> str:
@@ -30,22 +30,55 @@ def storage_path(cfg: Config) -> str:
     return str((Path(cfg.run.output_dir).resolve().parent / "ray_results"))
 
 
-def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+_STATE_API: dict[str, bool | None] = {"served": None}  # None: not known (Ray was not started here)
+
+
+def ensure_ray(num_cpus: int | None = None, dashboard: bool = False, log_file: str | None = None) -> None:
     """Connect to RAY_ADDRESS if set, else start (or reuse) a local Ray.
 
     ``dashboard=True`` (Tune sweeps) starts the dashboard on 127.0.0.1: Ray Train V2's placement-group
     cleaner asks the State API (served by the dashboard) whether a trial's Train controller is gone; without
-    it the 1-CPU placement group of a finished trial leaked and the next trial waited forever on 2 CPUs."""
+    it the 1-CPU placement group of a finished trial leaked and the next trial waited forever on 2 CPUs.
+    Plain ``train`` runs without it (measured: +2-4 s start, +~950 MB, 11 more processes) and drops the
+    cleaner instead (:func:`_trainer_class`). In the CLI's quiet mode Ray's own output goes to ``log_file``
+    (:mod:`cmpl_ray.train.console`); worker lines are still forwarded so the project's ones reach the terminal."""
     import ray
 
     if ray.is_initialized():
         return
+    if console.quiet():
+        console.quiet_warnings()  # again: importing Ray put its own warning filter first
+        console.quiet_ray_logger(log_file)  # before init: the token-auth warning is logged during it
     kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": True}
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     if not os.environ.get("RAY_ADDRESS") and num_cpus:
         kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
+    _STATE_API["served"] = None if os.environ.get("RAY_ADDRESS") else dashboard
+    if console.quiet():
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+        console.filter_forwarded(global_worker_stdstream_dispatcher, log_file)
+
+
+def _trainer_class():
+    """``TorchTrainer``, minus Ray Train V2's placement-group cleaner when this process started Ray without the
+    State API. The cleaner (a detached actor per run) asks that API every second whether the controller is
+    alive; without the dashboard every query fails, it logs "Failed to query Ray Train Controller actor state"
+    and retries until the run ends (109 lines in a 2-minute demo), so it could never clean anything here. The
+    controller still removes its placement group on a normal exit, and a local Ray ends with its driver."""
+    from ray.train.torch import TorchTrainer
+
+    if _STATE_API["served"] is not False:
+        return TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return Trainer
 
 
 def _ordered():
@@ -80,15 +113,26 @@ def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
                        f"{cfg.data.root!r}; first errors: {errors[:3]}")
 
 
-def _say_done(metrics: dict[str, Any], wall: float, out_dir: str, run_id: str | None, uri: str) -> None:
-    print(f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {metrics.get('val_top1', float('nan')):.2f}% "
-          f"top5 {metrics.get('val_top5', float('nan')):.2f}% mean-class "
-          f"{metrics.get('val_mean_class_acc', float('nan')):.2f}%"
-          + (f", aux top1 {metrics['aux_val_top1']:.2f}%" if "aux_val_top1" in metrics else "")
-          + f"; skipped samples {metrics.get('skipped_samples', 0)}", flush=True)
-    print(f"[cmpl-ray] results: {out_dir}/metrics.json; best checkpoint: {metrics.get('best_checkpoint')}", flush=True)
-    if run_id:
-        print(f"[cmpl-ray] MLflow run {run_id}; browse with: {tracking.ui_command(uri)}", flush=True)
+def _say_done(metrics: dict[str, Any], wall: float, out_dir: str, run_id: str | None, uri: str,
+              brief: bool = False) -> None:
+    """The end summary (:func:`~cmpl_ray.train.console.summary_lines`); ``brief``: its first line only (a Tune
+    trial: the sweep prints its own summary)."""
+    log = os.path.join(out_dir, console.LOG_NAME)
+    lines = console.summary_lines(metrics, wall, out_dir, run_id, tracking.ui_command(uri),
+                                  log if console.quiet() and os.path.exists(log) else None)
+    for line in lines[:1] if brief else lines:
+        print(line, flush=True)
+
+
+def _start_board():
+    """The 0-CPU :class:`~cmpl_ray.train.console.ProgressBoard` actor rank 0 pushes progress to (owned by this
+    driver, it ends with it); None if it cannot start, and rank 0 then prints its lines itself."""
+    import ray
+
+    try:
+        return ray.remote(num_cpus=0)(console.ProgressBoard).remote()
+    except Exception:  # noqa: BLE001 - progress display must never stop training
+        return None
 
 
 def _is_complete(metrics: dict[str, Any], epochs: int) -> bool:
@@ -97,14 +141,17 @@ def _is_complete(metrics: dict[str, Any], epochs: int) -> bool:
 
 
 def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-                 callbacks: list | None = None, verbose: bool = True, fresh: bool = False) -> dict[str, Any]:
+                 callbacks: list | None = None, verbose: bool = True, fresh: bool = False,
+                 live: bool = True) -> dict[str, Any]:
     """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``).
+
+    ``live``: rank 0's progress is pushed to a board actor and rendered here (a bar per epoch on a terminal,
+    :mod:`~cmpl_ray.train.console`); Tune trials pass False and rank 0 prints its lines, forwarded by Ray.
 
     A run of the same name trained with another config raises :class:`~cmpl_ray.train.identity.RunMismatch`
     (``fresh=True`` moves it aside first and starts over); one already completed with this config returns its
     stored metrics with ``already_complete=True`` and trains nothing."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from .worker import train_loop_per_worker
 
@@ -139,11 +186,12 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         if verbose:
             print(f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint {fp}, "
                   f"finished {record.get('finished')}); not training again. Its result:", flush=True)
-            _say_done(done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri)
+            _say_done(done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri,
+                      brief=not live)
             print("[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True)
         return done
     record = identity.begin(store, cfg.run.name, ident, record)
-    ensure_ray()
+    ensure_ray(log_file=os.path.join(out_dir, console.LOG_NAME))
     clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
     datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock,
                                              epochs=cfg.train.epochs),
@@ -179,7 +227,9 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
                    "identity": ident, "epoch_clock": clock,
                    "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
-    trainer = TorchTrainer(
+    board = _start_board() if live and verbose else None
+    loop_config["progress_board"] = board
+    trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.train.use_gpu,
@@ -195,12 +245,17 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         dataset_config=DataConfig(datasets_to_split=["train", "val"], execution_options={"train": _ordered()}),
     )
     t0 = time.perf_counter()
+    import ray
+
+    poller = None
+    if board is not None:
+        poller = console.Poller(lambda: ray.get(board.drain.remote(), timeout=30), console.Console()).start()
     try:
         result = trainer.fit()
     finally:
-        import ray
-
-        for actor in (relay, clock):
+        if poller is not None:
+            poller.stop()  # the last lines rank 0 pushed, before the summary
+        for actor in (relay, clock, board):
             if actor is not None:
                 ray.kill(actor)
     wall = time.perf_counter() - t0
@@ -222,5 +277,5 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     if _is_complete(metrics, cfg.train.epochs):
         identity.complete(store, cfg.run.name, record, metrics)
     if verbose:
-        _say_done(metrics, wall, out_dir, run_id, uri)
+        _say_done(metrics, wall, out_dir, run_id, uri, brief=not live)
     return metrics

@@ -29,6 +29,7 @@ from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
 from . import checkpoint as ckpt
 from .build import build_networks, make_optimizer
+from .console import format_step, step_event
 from .ema import WeightEma
 from .identity import check_checkpoint
 from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
@@ -39,10 +40,30 @@ from .tracking import Tracker, write_metrics_json
 log = logging.getLogger("cmpl_ray.train")
 
 
+_board: list[Any] = [None]  # the driver's progress board (cmpl_ray.train.console), set by rank 0's loop
+
+
 def say(msg: str) -> None:
-    """Progress line on stdout. Not print(): Ray Train V2 patches print into its logger, which shows it twice."""
+    """A progress line for the user: to the driver's board when there is one (waited for, so lines keep their
+    order and none is lost when the worker ends), else on stdout. Not print(): Ray Train V2 patches print into
+    its logger, which shows it twice."""
+    if _push({"kind": "line", "text": msg}, wait=True):
+        return
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
+
+
+def _push(event: dict[str, Any], wait: bool = False) -> bool:
+    if _board[0] is None:
+        return False
+    try:
+        ref = _board[0].push.remote(event)
+        if wait:
+            ray.get(ref, timeout=30)
+        return True
+    except Exception:  # noqa: BLE001 - the board is display only: fall back to stdout
+        _board[0] = None
+        return False
 
 
 def _last_logged_step(uri: str, run_id: str | None, client: Any = None) -> int:
@@ -122,6 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: Config = from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _board[0] = config.get("progress_board") if rank == 0 else None
     if not cfg.train.use_gpu:
         torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
@@ -188,9 +210,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             done = step - start_epoch * steps
             eta = (time.perf_counter() - t_run) / max(1, done) * (total_steps - step)
-            say(f"[cmpl-ray] epoch {(step - 1) // steps + 1}/{cfg.train.epochs} step {step}/{total_steps} "
-                  f"loss {stats.get('loss', float('nan')):.4f} lr {stats['lr']:.4g} "
-                  f"clips/s {stats.get('clips_per_s', 0):.1f} eta {eta / 60:.1f} min")
+            ev = step_event(step, total_steps, steps, cfg.train.epochs, stats, eta)
+            if not _push(ev):
+                say(format_step(ev))
 
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = config.get("epoch_clock")  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)

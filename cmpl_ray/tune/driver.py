@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import load_config
 from ..train import tracking
+from ..train.console import LOG_NAME
 from ..train.identity import read_text as _read_text, write_text as _write_text
 from .space import SweepSpec, load_space, overrides_of, to_tune_space
 
@@ -83,7 +84,7 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # (RunMismatch fails the trial otherwise); one that had already trained its last epoch is reported
     # straight from its record (identity.complete) without starting a Train worker group (~40 s on CPU)
     res = run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
-                       callbacks=[TuneReportCallback()], verbose=True)
+                       callbacks=[TuneReportCallback()], verbose=True, live=False)
     if res.get("already_complete") and res.get("history"):
         tune.report({k: float(v) for k, v in res["history"][-1].items()})
 
@@ -199,7 +200,7 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     sweep = {"name": name, "dir": d, "local_dir": local, "axes": spec.axes(), "preset": spec.preset,
              "config_text": state["config_text"], "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
     trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
-    ensure_ray(num_cpus, dashboard=True)
+    ensure_ray(num_cpus, dashboard=True, log_file=os.path.join(local, LOG_NAME))  # quiet: Ray's lines go there
     t0 = time.perf_counter()
     if resume and tune.Tuner.can_restore(d):
         tuner = tune.Tuner.restore(d, trainable=trainable, resume_unfinished=True, resume_errored=True)
