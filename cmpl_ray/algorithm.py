@@ -124,9 +124,11 @@ def pseudo_label_counts(mask: Tensor, target: Tensor, y_u: Tensor, valid: Tensor
     column 0 clips of true class k, 1 of those kept (above the threshold), 2 of those kept with the right label,
     3 clips whose kept pseudo-label is k. So per class: mask rate = c1 / c0, recall = c2 / c0 and precision
     = c2 / c3 (a class can be over-predicted while its own clips stay below the threshold)."""
-    ok = valid.float() if valid is not None else torch.ones_like(mask)
-    kept = mask * ok
     y, t = y_u.long(), target.long()
+    ok = valid.float() if valid is not None else torch.ones_like(mask)
+    ok = ok * ((y >= 0) & (y < num_classes)).float()  # a label outside the classes (unknown) counts nowhere
+    y = y.clamp(0, num_classes - 1)
+    kept = mask * ok
     out = torch.zeros(num_classes, 4, device=mask.device)
     out[:, 0].index_add_(0, y, ok)
     out[:, 1].index_add_(0, y, kept)

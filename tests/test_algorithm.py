@@ -206,6 +206,9 @@ def test_pseudo_label_counts_hand_computed():
     assert pc["mask_rate"] == [100.0, 0.0, 100.0]
     assert pc["precision"][:2] == [100.0, 0.0] and math.isnan(pc["precision"][2])
     assert pc["recall"] == [50.0, 0.0, 0.0]
+    # a clip whose list label is outside the classes (an unlabeled list from a bigger label set) counts nowhere
+    c2 = pseudo_label_counts(torch.ones(2), torch.tensor([0, 2]), torch.tensor([0, 7]), None, 3)
+    assert c2.tolist() == [[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 
 def test_objective_reports_per_class_counts_that_match_the_scalars():

@@ -85,6 +85,11 @@ def test_two_worker_run_writes_metrics_and_mlflow(trained):
     assert {"metrics.json", "config.yaml", "per_class.csv", "pseudo_label_ratio.png", "class_gap.png",
             "best_checkpoint"} <= arts
     assert os.path.exists(on_disk["best_checkpoint"])
+    # issue 15: the last epoch's pseudo-labels per class and network, summed over both ranks
+    pl = on_disk["pseudo_labels_per_class"]
+    assert set(pl) == {"f", "a"} and all(len(pl[n]["mask_rate"]) == 4 for n in pl)
+    header = open(f"{out}/out/per_class.csv").readline().strip().split(",")
+    assert {"pl_mask_rate_f", "pl_precision_a", "pl_recall_f"} <= set(header)
     # issue 17: one MLflow name per quantity (epoch means train_* stay in metrics.json for Tune), the lists as
     # dataset inputs, the best checkpoint's primary network as model "primary", usable by predict
     assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("train_")]

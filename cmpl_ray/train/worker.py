@@ -32,7 +32,7 @@ from .build import build_networks, make_optimizer
 from .console import format_step, step_event
 from .ema import WeightEma
 from .identity import check_checkpoint
-from .loop import evaluate, per_class_accuracy, summarize_eval, train_one_epoch
+from .loop import evaluate, per_class_accuracy, pseudo_label_per_class, summarize_eval, train_one_epoch
 from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .relay import RelayClient
 from .tracking import Tracker, write_metrics_json
@@ -81,11 +81,13 @@ def _last_logged_step(uri: str, run_id: str | None, client: Any = None) -> int:
 
 
 def _all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum count tensors over ranks (in place; float64 on the CPU after). NCCL reduces only CUDA tensors."""
     if dist.is_available() and dist.is_initialized():
-        for k, v in counts.items():
-            t = v.to(torch.float64)
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        for k in sorted(counts):  # the same order on every rank
+            t = counts[k].to(on, torch.float64)
             dist.all_reduce(t)
-            counts[k] = t
+            counts[k] = t.cpu()
     return counts
 
 
@@ -128,14 +130,21 @@ def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: in
         yield _flatten_unlabeled(batch)
 
 
-def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool) -> None:
+def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool,
+                     pseudo: dict[str, dict[str, list[float]]] | None = None) -> None:
+    """Validation top-1 per class, and with ``pseudo`` the last epoch's pseudo-labels per class and network
+    (mask rate, precision, recall in %, :func:`~cmpl_ray.train.loop.pseudo_label_per_class`): which classes
+    a network labels confidently, and how often rightly."""
     acc_p, acc_a = per_class_accuracy(counts), per_class_accuracy(counts, "aux_") if has_aux else None
+    pseudo = pseudo or {}
+    cols = [(net, q) for net in sorted(pseudo) for q in ("mask_rate", "precision", "recall")]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class_id", "class_name", "videos", "primary_top1"] + (["aux_top1"] if has_aux else []))
+        w.writerow(["class_id", "class_name", "videos", "primary_top1"] + (["aux_top1"] if has_aux else [])
+                   + [f"pl_{q}_{net}" for net, q in cols])
         for i, name in enumerate(names):
-            row = [i, name, int(counts["total"][i]), f"{acc_p[i]:.4f}"]
-            w.writerow(row + ([f"{acc_a[i]:.4f}"] if has_aux else []))
+            row = [i, name, int(counts["total"][i]), f"{acc_p[i]:.4f}"] + ([f"{acc_a[i]:.4f}"] if has_aux else [])
+            w.writerow(row + [f"{pseudo[net][q][i]:.2f}" for net, q in cols])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -220,12 +229,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
+    pseudo: dict[str, dict[str, list[float]]] | None = None  # last epoch's pseudo-labels per class and network
     stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
     for epoch in range(start_epoch, cfg.train.epochs):
         batches = itertools.islice(stream, steps)  # this epoch's steps of the run-long stream
         res = train_one_epoch(primary, aux, optimizer, batches, cfg, epoch=epoch, steps=steps, global_step=global_step,
                               total_steps=total_steps, device=device, scaler=scaler, log_fn=log_step, ema=ema)
         global_step += res.steps + res.skipped_steps
+        if res.pl_counts:  # this epoch's pseudo-labels per class, over every rank (per_class.csv, metrics.json)
+            pseudo = {n: pseudo_label_per_class(c) for n, c in _all_reduce_counts(dict(res.pl_counts)).items()}
         # bad samples of every rank -> one warning per file on rank 0, exact counts
         gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples))
         good_total += sum(g[3] for g in gathered)
@@ -291,6 +303,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      good_samples=good_total,
                      bad_files=bad_files, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
                      world_size=world, history=history)
+        if pseudo:
+            final["pseudo_labels_per_class"] = {n: dict(q, classes=names) for n, q in pseudo.items()}
         write_metrics_json(os.path.join(out, "metrics.json"), final)
         artifacts = [os.path.join(out, "metrics.json")]
         save_config(cfg, os.path.join(out, "config.yaml"))
@@ -300,7 +314,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         except Exception as e:  # a plot must never fail a finished run
             log.warning("pseudo-label plot failed: %r", e)
         if counts is not None:
-            _write_per_class(os.path.join(out, "per_class.csv"), names, counts, aux is not None)
+            _write_per_class(os.path.join(out, "per_class.csv"), names, counts, aux is not None, pseudo)
             artifacts.append(os.path.join(out, "per_class.csv"))
             if aux is not None:
                 try:
