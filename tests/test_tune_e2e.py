@@ -120,6 +120,9 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     rows = [ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]
     assert len(rows) == 3 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
     assert "early_stopped" in rep.stdout
+    # the sweep ranks on the epoch mean train_lr, which MLflow does not get (one name per quantity): the report
+    # shows MLflow's per-step train/lr series and says so in its header
+    assert "final train/lr" in rep.stdout and all(" - " not in r.split("|", 2)[2] for r in rows)
 
 
 SPACE_TAU = """description: one FixMatch trial; its fixed threshold is edited while the sweep is interrupted

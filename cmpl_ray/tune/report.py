@@ -1,8 +1,9 @@
 """``cmpl-ray report SWEEP``: a sweep as a paper-style markdown table, read back from the MLflow store.
 
 Reads the parent run (tag ``cmpl.sweep=SWEEP``, ``cmpl.role=sweep``) and its children: the axis values
-(tag ``cmpl.axes``), the final and best validation top-1 (metric history), epochs run and whether ASHA
-stopped the trial. Works on any store the sweep logged to, so a teammate can print a colleague's sweep.
+(tag ``cmpl.axes``), the final and best value of the sweep's metric (metric history; for a ``train_*`` epoch
+mean, which only Tune and ``metrics.json`` get, MLflow's per-step ``train/*`` series, named as such), epochs
+run and whether ASHA stopped the trial. Works on any store the sweep logged to, so a teammate can print a colleague's sweep.
 """
 
 from __future__ import annotations
@@ -38,15 +39,21 @@ def sweep_rows(name: str, uri: str = "", experiment: str | None = None,
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
     rows = []
+    shown = metric
     for c in children:
         hist = [m.value for m in client.get_metric_history(c.info.run_id, metric)]
+        if not hist and metric.startswith("train_"):
+            # per-epoch train_* means are reported to Tune but not logged to MLflow (one name per quantity:
+            # MLflow has train/* per logged step); show that series, under its own name
+            hist = [m.value for m in client.get_metric_history(c.info.run_id, "train/" + metric[len("train_"):])]
+            shown = "train/" + metric[len("train_"):] if hist else shown
         t = c.data.tags
         rows.append({"trial_id": t.get("cmpl.trial_id", c.info.run_id[:8]), "values": json.loads(t.get("cmpl.axes", "{}")),
                      "final": hist[-1] if hist else None, "best": pick(hist) if hist else None,
                      "epochs": int(c.data.metrics.get("epoch", 0)), "status": t.get("cmpl.tune.status", c.info.status.lower()),
                      "best_trial": t.get("cmpl.tune.best") == "true", "run_id": c.info.run_id})
     info = {"run_id": parent.info.run_id, "params": parent.data.params, "tags": parent.data.tags, "uri": uri,
-            "metric": metric, "mode": parent.data.params.get("sweep.mode", "max")}
+            "metric": shown, "mode": parent.data.params.get("sweep.mode", "max")}
     return info, rows
 
 
