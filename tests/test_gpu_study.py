@@ -31,7 +31,7 @@ def test_summary_pairs_runs_by_seed():
 
 
 def test_memory_videos_serve_the_decoder_contract():
-    from gpu_study import MemoryVideos
+    from gpu_study_data import MemoryVideos
 
     video = np.arange(10 * 32 * 40 * 3, dtype=np.uint64).reshape(10, 32, 40, 3).astype(np.uint8)
     mem = MemoryVideos({"/d/a.mp4": video}, fps=12)
