@@ -41,7 +41,19 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
 T0 = float(os.environ.get("GPU_STUDY_T0") or time.time())  # the wrapper's start: the budget counts imports too
-PAIRS = (("fixmatch", "supervised"), ("cmpl", "fixmatch"), ("cmpl", "supervised"))
+PAIRS = (("fixmatch", "supervised"), ("cmpl", "fixmatch"), ("cmpl", "supervised"), ("cmpl-maximum", "fixmatch"),
+         ("cmpl-maximum", "cmpl"))
+
+
+def algo_sets(algo: str) -> list[str]:
+    """``cmpl`` -> algo.name=cmpl; ``cmpl-maximum`` -> CMPL with Appendix A's ``maximum`` scheme (any scheme)."""
+    from cmpl_ray.algorithm import SCHEMES
+
+    base, _, scheme = algo.partition("-")
+    if base not in ("supervised", "fixmatch", "cmpl") or (scheme and (base != "cmpl" or scheme not in SCHEMES)):
+        raise SystemExit(f"gpu_study: --algos {algo!r}: use supervised, fixmatch, cmpl or cmpl-<scheme> with a "
+                         f"scheme of {SCHEMES}")
+    return [f"algo.name={base}"] + ([f"algo.scheme={scheme}"] if scheme else [])
 
 from gpu_study_data import check_env, make_family  # noqa: E402  (scripts/ is on sys.path above)
 
@@ -147,7 +159,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--family", default="heldout")
     ap.add_argument("--labels", type=int, default=10, help="labeled videos per class")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--algos", nargs="+", default=["supervised", "fixmatch", "cmpl"])
+    ap.add_argument("--algos", nargs="+", default=["supervised", "fixmatch", "cmpl"],
+                    help="also cmpl-<scheme>, e.g. cmpl-maximum (Appendix A; best on the CPU few-label run)")
     ap.add_argument("--preset", default="ucf101-1pct-r18", help="the networks (R18 primary, R50x1/4 auxiliary)")
     ap.add_argument("--crop", type=int, default=112)
     ap.add_argument("--clip", type=int, nargs=3, default=[32, 2, 4], metavar=("WINDOW", "P_STRIDE", "A_STRIDE"))
@@ -167,6 +180,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="CPU check: tiny networks, data and steps, seeds 0 1")
     args = ap.parse_args()
+    for a in args.algos:
+        algo_sets(a)  # refuse a bad name before anything runs
     if args.smoke:
         args.crop, args.clip, args.batch_labeled, args.ratio, args.labels = 24, [8, 1, 2], 2, 1, 2
         args.per_class, args.val_per_class, args.bench_steps, args.workers = 4, 2, 1, 1
@@ -259,6 +274,7 @@ def main() -> int:
     fix_gpu, w = ms_gpu.get("fixmatch", 0.0), args.workers
     est = {"supervised": max(fix_gpu * b_l / (b_l + 2 * b_u), sup_s * 1e3 / w),  # no bench row: its clip share
            "fixmatch": max(fix_gpu, semi_s * 1e3 / w), "cmpl": max(ms_gpu.get("cmpl", 0.0), semi_s * 1e3 / w)}
+    est.update({a: est[a.partition("-")[0]] for a in args.algos})  # a scheme variant costs what its algorithm does
     n_val = len(read_list(os.path.join(data, "val.txt")))
     overhead = (8.0 if dev.type == "cuda" else 3.0) + n_val * sup_s / b_l  # loader start, build, evaluation
     safety, n_runs = 1.25, len(args.seeds) * len(args.algos)
@@ -291,7 +307,7 @@ def main() -> int:
                 say(f"skip {algo} seed {s}: ~{guess:.0f} s would pass the {args.budget_s:.0f} s budget")
                 record({"kind": "skipped", "algo": algo, "seed": s, "est_s": guess})
                 continue
-            run_sets = sets + [f"data.labeled_list={lab_p}", f"data.unlabeled_list={unl_p}", f"algo.name={algo}",
+            run_sets = sets + [f"data.labeled_list={lab_p}", f"data.unlabeled_list={unl_p}", *algo_sets(algo),
                                f"train.seed={s}", f"train.epochs={args.epochs}", f"train.eval_every={args.epochs}",
                                f"train.steps_per_epoch={steps // args.epochs}",
                                f"optim.warmup_epochs={0.034 * args.epochs:.4f}",  # suite-cpu's fractions of the run
