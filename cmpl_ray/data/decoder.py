@@ -192,7 +192,7 @@ class ClipDecoder:
 
             start = int(ray.get(self.clock.get.remote()))
         # a run-long stream holds every epoch's positions: position p is row p % per_epoch of epoch
-        # start + p // per_epoch (a batch never straddles epochs when per_epoch is a multiple of its size)
+        # start + p // per_epoch; a decode batch that straddles two epochs draws each part from its own
         per = max(1, self.table.args[2])
         epochs, within = start + pos // per, pos % per
         parts = [(int(e), within[epochs == e]) for e in np.unique(epochs)]  # ascending = the batch's order
