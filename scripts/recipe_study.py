@@ -9,7 +9,10 @@ suite comparison, ``compare_algorithms.py --suite``, re-measures the final recip
         --preset fewlabel-cpu --set train.epochs=10 --tag more-epochs
 
 Each run appends one JSON line (family, labels, algo, seed, tag, overrides, top-1, per-class, history,
-seconds) to ``<out>/results.jsonl`` and prints a one-line summary; ``--table`` prints the runs so far.
+seconds) to ``<out>/results.jsonl`` and prints a one-line summary; ``--table`` prints the runs so far, and
+``--compare TAG ...`` the seed-paired comparison of the runs with those tags (one family and label count):
+
+    python scripts/recipe_study.py --compare fewlabel-r1 fewlabel-r1-maximum --families heldout --labels 10
 """
 
 from __future__ import annotations
@@ -69,9 +72,18 @@ def main() -> int:
     ap.add_argument("--loader-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the results so far and exit")
+    ap.add_argument("--compare", nargs="+", metavar="TAG", help="print the seed-paired comparison of these tags")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
+    if args.compare:
+        from recipe_compare import compare_markdown  # scripts/ is on sys.path when this file runs
+
+        records = [json.loads(line) for line in open(res_path)]
+        fams = args.families if "--families" in sys.argv else sorted({r["family"] for r in records})
+        for fam in fams:
+            print(compare_markdown(records, fam, args.labels, args.compare, args.data))
+        return 0
     if args.table:
         for line in open(res_path):
             r = json.loads(line)

@@ -96,3 +96,40 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
     assert "+10.0 [" in md and "| heldout | yes |" in md and "| speed | no | - | not run |" in md
     assert "- fixmatch > supervised on 1/1 tuned families; held-out `heldout`: -1.0" in md
     assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: +3.0" in md
+
+
+def _rec(algo, seed, top1, tag="study", overrides=(), pl=None):
+    """One results.jsonl line of scripts/recipe_study.py (only what the comparison reads)."""
+    hist = {"val_top1": top1}
+    if pl is not None:
+        hist["pl_per_class_f"] = {"mask_rate": pl[0], "precision": pl[1], "recall": pl[1]}
+    return {"tag": tag, "family": "fam", "labels": "10", "algo": algo, "seed": seed, "seconds": 60.0,
+            "overrides": ["algo.unlabeled_ratio=1", *overrides], "val_top1": top1, "per_class": [top1 / 100, 0.5],
+            "history": [hist]}
+
+
+def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
+    """``recipe_study.py --compare``: methods named by algo + scheme, paired by seed, other tags and
+    families ignored, a re-run replaces the earlier run, per-class means over seeds."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import recipe_compare
+
+    recs = [_rec("supervised", 0, 10.0), _rec("supervised", 1, 20.0),
+            _rec("fixmatch", 0, 12.0, pl=([40.0, 60.0], [50.0, 70.0])),
+            _rec("fixmatch", 1, 99.0), _rec("fixmatch", 1, 26.0, pl=([20.0, 80.0], [30.0, 90.0])),
+            _rec("cmpl", 0, 30.0, tag="max", overrides=["algo.scheme=maximum"]),
+            _rec("cmpl", 1, 40.0, tag="max", overrides=["algo.scheme=maximum"]),
+            _rec("cmpl", 0, 77.0, tag="other"), {**_rec("supervised", 2, 90.0), "family": "elsewhere"}]
+    (tmp_path / "fam").mkdir()
+    (tmp_path / "fam" / "classes.txt").write_text("left\nright\n")
+    md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "max"], str(tmp_path))
+    assert "| fixmatch | 19.00 +- 9.90 | 12.00 | 26.00 |" in md  # the re-run (26) replaced 99
+    assert "| fixmatch - supervised | +4.00 | +2.0, +6.0 | 2.83 | 2/2 |" in md
+    assert "| cmpl-maximum - fixmatch | +16.00 | +18.0, +14.0 |" in md
+    assert "77.00" not in md and "90.00" not in md  # another tag, another family
+    assert "| supervised | top-1 | 15 | 50 |" in md
+    assert "| fixmatch | mask F | 30 | 70 |" in md and "| fixmatch | prec. F | 40 | 80 |" in md
+    assert recipe_compare.method_label(_rec("cmpl", 0, 1.0, overrides=["data.aux_stride=1"])) == \
+        "cmpl[data.aux_stride=1]"
