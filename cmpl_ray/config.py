@@ -21,6 +21,7 @@ import yaml
 ARCHS = ("tiny", "plain4", "r10", "r18", "r34", "r50")
 ALGOS = ("supervised", "fixmatch", "cmpl")
 SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
+BN_MODES = ("clean", "split", "concat", "separate")
 
 
 class ConfigError(ValueError):
@@ -187,7 +188,8 @@ class AlgoConfig:
     """BatchNorm statistics: concat = one forward per network over labeled+weak+strong clips (shared
     batch statistics, FixMatch's choice); separate = one forward per view; clean = one forward over
     labeled+weak, then the strong views with their own batch statistics kept out of the running averages
-    (evaluation then normalises with statistics of un-distorted clips)."""
+    (evaluation then normalises with statistics of un-distorted clips); split = as clean, but the weak views
+    run under no_grad on their own and the labeled clips on theirs (no backward pass over the weak rows)."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGOS, "algo.name", f"must be one of {ALGOS}, got {self.name!r}")
@@ -197,8 +199,7 @@ class AlgoConfig:
         _check(isinstance(self.unlabeled_ratio, int) and self.unlabeled_ratio >= 1, "algo.unlabeled_ratio",
                f"must be a positive int, got {self.unlabeled_ratio}")
         _check(self.unsup_warmup_epochs >= 0, "algo.unsup_warmup_epochs", f"must be >= 0, got {self.unsup_warmup_epochs}")
-        _check(self.bn_mode in ("concat", "separate", "clean"), "algo.bn_mode",
-               f"must be concat, separate or clean, got {self.bn_mode!r}")
+        _check(self.bn_mode in BN_MODES, "algo.bn_mode", f"must be one of {BN_MODES}, got {self.bn_mode!r}")
 
 
 @dataclass

@@ -5,6 +5,9 @@ The last two lines are ``cmpl_vs_fixmatch_step: <ratio>`` (target <= 1.15) and `
 (target >= 0.9).
 
     python scripts/bench_step.py [--preset demo] [--steps 20] [--set key=value ...]
+
+``--bn-modes clean split`` times FixMatch and CMPL steps in each ``algo.bn_mode`` (interleaved, ``--repeats``
+rounds, median) and prints ``<mode>_vs_<first mode>`` step ratios; ``--no-ray`` skips the TorchTrainer part.
 """
 
 from __future__ import annotations
@@ -71,18 +74,47 @@ def ray_worker(config):
     ray.train.report({"sec_per_step": sec})
 
 
+def compare_bn_modes(args, k: int) -> None:
+    """Median step time of FixMatch and CMPL in each BN mode, modes interleaved so that load drifts cancel."""
+    from cmpl_ray.config import load_config
+
+    cfgs = {(m, a): load_config(args.preset, overrides=args.overrides + [f"algo.name={a}", "algo.threshold=0.5",
+                                                                          f"algo.bn_mode={m}"])
+            for m in args.bn_modes for a in ("fixmatch", "cmpl")}
+    batches = [make_batch(cfgs[(args.bn_modes[0], "cmpl")], k, seed=i) for i in range(args.steps)]
+    times: dict[tuple, list[float]] = {key: [] for key in cfgs}
+    for _ in range(args.repeats):
+        for key, cfg in cfgs.items():
+            times[key].append(time_steps(cfg, batches, k))
+    med = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
+    base = args.bn_modes[0]
+    for m in args.bn_modes:
+        print(f"bn_mode {m}: fixmatch {med[(m, 'fixmatch')] * 1000:.0f} ms  cmpl {med[(m, 'cmpl')] * 1000:.0f} ms  "
+              f"cmpl/fixmatch {med[(m, 'cmpl')] / med[(m, 'fixmatch')]:.3f}")
+    for m in args.bn_modes[1:]:
+        for a in ("fixmatch", "cmpl"):
+            print(f"{a}_{m}_vs_{base}: {med[(m, a)] / med[(base, a)]:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--bn-modes", nargs="+", default=[])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from cmpl_ray.config import load_config
 
     k = 8
+    if args.bn_modes:
+        compare_bn_modes(args, k)
+        if args.no_ray:
+            return
     cfg_f = load_config(args.preset, overrides=args.overrides + ["algo.name=fixmatch", "algo.threshold=0.5"])
     cfg_c = load_config(args.preset, overrides=args.overrides + ["algo.name=cmpl", "algo.threshold=0.5"])
     batches = [make_batch(cfg_c, k, seed=i) for i in range(args.steps)]

@@ -223,3 +223,39 @@ def test_objective_reports_per_class_counts_that_match_the_scalars():
         assert c.shape == (k, 4) and float(c[:, 0].sum()) == b
         assert float(c[:, 1].sum()) / b == pytest.approx(float(stats[f"mask_rate_{net}"]))
         assert float(c[:, 2].sum()) / float(c[:, 3].sum()) == pytest.approx(float(stats[f"pl_acc_{net}"]))
+
+
+def test_bn_split_same_running_stats_as_separate_clean_views_and_no_graph_on_weak():
+    """split: weak (no_grad) then labeled update the running averages, one update each; strong leaves none."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    ref = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
+    ref.load_state_dict(net.state_dict())
+    lab, weak, strong = torch.randn(2, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4) + 3, torch.randn(3, 3, 2, 4, 4) * 50 + 100
+    from cmpl_ray.algorithm import _forward_views
+
+    out = _forward_views(net, [lab, weak, strong], "split")
+    ref(weak)
+    ref(lab)
+    assert torch.allclose(net[0].running_mean, ref[0].running_mean)
+    assert torch.allclose(net[0].running_var, ref[0].running_var)
+    assert net[0].num_batches_tracked.item() == 3 and net[0].momentum  # strong counts, at momentum 0 == ref[0].momentum
+    assert [o.shape[0] for o in out] == [2, 3, 3]
+    assert out[1].grad_fn is None and out[0].requires_grad and out[2].requires_grad  # no graph over weak rows
+
+
+def test_bn_split_equals_clean_without_batchnorm():
+    """Without BatchNorm the two modes compute the same loss and the same gradients (split only skips work)."""
+    torch.manual_seed(0)
+    net_f, net_a = nn.Linear(3, 4), nn.Linear(3, 4)
+    batch = {n: torch.randn(6, 3) for n in ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+    batch.update(y_l=torch.randint(0, 4, (6,)), y_u=torch.randint(0, 4, (6,)))
+    grads = []
+    for mode in ("clean", "split"):
+        net_f.zero_grad()
+        net_a.zero_grad()
+        loss, _ = compute_objective(net_f, net_a, batch, algo="cmpl", threshold=0.3, bn_mode=mode)
+        loss.backward()
+        grads.append((loss.item(), net_f.weight.grad.clone(), net_a.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0])
+    assert torch.allclose(grads[0][1], grads[1][1]) and torch.allclose(grads[0][2], grads[1][2])
