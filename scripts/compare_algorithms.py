@@ -127,6 +127,7 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     cmpl_rows = [a for a in algos if a.startswith("cmpl")]
     pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
     pairs += [(c, "supervised") for c in cmpl_rows]
+    pairs += [(a, a.split("[")[0]) for a in algos if "[" in a and not a.startswith("cmpl")]  # variant - its base
     for a, b in pairs:
         if a not in stats or b not in stats:
             continue

@@ -133,3 +133,7 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     assert "| fixmatch | mask F | 30 | 70 |" in md and "| fixmatch | prec. F | 40 | 80 |" in md
     assert recipe_compare.method_label(_rec("cmpl", 0, 1.0, overrides=["data.aux_stride=1"])) == \
         "cmpl[data.aux_stride=1]"
+    # a variant of a method is paired with its base (here FixMatch in another BN mode)
+    recs += [_rec("fixmatch", s, v, tag="bn", overrides=["algo.bn_mode=split"]) for s, v in ((0, 15.0), (1, 25.0))]
+    md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "bn"], str(tmp_path))
+    assert "| fixmatch[algo.bn_mode=split] - fixmatch | +1.00 | +3.0, -1.0 |" in md
