@@ -131,9 +131,10 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     for a, b in pairs:
         if a not in stats or b not in stats:
             continue
-        diff = stats[a][0] - stats[b][0]
         spread = max(stats[a][1], stats[b][1])
         per = _paired(rows, a, b)
+        # over the seeds both ran (a difference of means over different seeds would mix in the splits' luck)
+        diff = sum(per) / len(per) if per else stats[a][0] - stats[b][0]
         same_sign = bool(per) and (all(d > 0 for d in per) or all(d < 0 for d in per))
         if len(per) < 2:
             verdict = "n/a (needs >= 2 seeds)"

@@ -137,3 +137,10 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     recs += [_rec("fixmatch", s, v, tag="bn", overrides=["algo.bn_mode=split"]) for s, v in ((0, 15.0), (1, 25.0))]
     md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "bn"], str(tmp_path))
     assert "| fixmatch[algo.bn_mode=split] - fixmatch | +1.00 | +3.0, -1.0 |" in md
+
+
+def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
+    rows = [row("supervised", s, v) for s, v in zip((0, 1, 2), (10.0, 40.0, 40.0))]
+    rows += [row("fixmatch", 0, 15.0)]  # only seed 0 ran: +5 on that split, not 15 - 30 = -15
+    md = compare.results_markdown(rows, "t")
+    assert "| fixmatch - supervised | +5.00 | +5.0 |" in md
