@@ -128,6 +128,7 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
     pairs += [(c, "supervised") for c in cmpl_rows]
     pairs += [(a, a.split("[")[0]) for a in algos if "[" in a and not a.startswith("cmpl")]  # variant - its base
+    pairs += [(c, "cmpl") for c in cmpl_rows if c != "cmpl"]  # another scheme or setting vs the paper's cross
     for a, b in pairs:
         if a not in stats or b not in stats:
             continue

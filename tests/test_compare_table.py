@@ -137,6 +137,9 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     recs += [_rec("fixmatch", s, v, tag="bn", overrides=["algo.bn_mode=split"]) for s, v in ((0, 15.0), (1, 25.0))]
     md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "bn"], str(tmp_path))
     assert "| fixmatch[algo.bn_mode=split] - fixmatch | +1.00 | +3.0, -1.0 |" in md
+    recs += [_rec("cmpl", s, v) for s, v in ((0, 20.0), (1, 50.0))]  # the paper's cross scheme
+    md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "max"], str(tmp_path))
+    assert "| cmpl-maximum - cmpl | +0.00 | +10.0, -10.0 |" in md
 
 
 def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
