@@ -80,7 +80,8 @@ def main() -> int:
         from recipe_compare import compare_markdown  # scripts/ is on sys.path when this file runs
 
         records = [json.loads(line) for line in open(res_path)]
-        fams = args.families if "--families" in sys.argv else sorted({r["family"] for r in records})
+        given = args.families != ap.get_default("families")
+        fams = args.families if given else sorted({r["family"] for r in records})
         for fam in fams:
             print(compare_markdown(records, fam, args.labels, args.compare, args.data))
         return 0
