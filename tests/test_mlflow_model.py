@@ -66,8 +66,8 @@ def logged(synth_root, tmp_path_factory):
                     config=cfg.to_dict(), metrics={"val_top1": 37.5}, extra={"class_names": ["a", "b", "c", "d"]},
                     ema=ema)
     uri = cfg.tracking.uri
-    run_id = tracking.start_run(uri, "mlmodel-exp", "r1", {"algo.name": "cmpl"})
-    assert tracking.log_list_inputs(uri, run_id, cfg)
+    run_id = mlflow_run.start_run(uri, "mlmodel-exp", "r1", {"algo.name": "cmpl"})
+    assert mlflow_run.log_list_inputs(uri, run_id, cfg)
     client = tracking._client(uri)
     client.log_metric(run_id, "val_top1", 37.5, step=6)
     done = mlflow_model.publish_best(cfg, uri, run_id, _Ckpt(d / "best"), verbose=False)
@@ -152,7 +152,7 @@ def test_experiments_are_model_training_ones(logged):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     other = client.create_experiment("user-kind")
     client.set_experiment_tag(other, "mlflow.experimentKind", "genai_development")
-    tracking.start_run(uri, "user-kind", "r", {})
+    mlflow_run.start_run(uri, "user-kind", "r", {})
     assert client.get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice wins
     assert done["url"] == (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run_id}"
                            "?workflowType=machine_learning")

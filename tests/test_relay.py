@@ -7,7 +7,8 @@ import ray
 from mlflow import MlflowClient
 
 from cmpl_ray.train.relay import RelayClient, start_relay
-from cmpl_ray.train.tracking import Tracker, start_run
+from cmpl_ray.train.mlflow_run import start_run
+from cmpl_ray.train.tracking import Tracker
 
 
 @pytest.fixture(scope="module")

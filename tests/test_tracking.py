@@ -16,8 +16,8 @@ import warnings
 import pytest
 
 from cmpl_ray.train import plots, tracking
-from cmpl_ray.train.tracking import (Tracker, TrackingWarning, find_run, replay_buffer,
-                                     resolve_tracking_uri, start_run, ui_command,
+from cmpl_ray.train.mlflow_run import find_run, start_run
+from cmpl_ray.train.tracking import (Tracker, TrackingWarning, replay_buffer, resolve_tracking_uri, ui_command,
                                      write_metrics_json)
 
 

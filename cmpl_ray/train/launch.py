@@ -19,7 +19,7 @@ from ..config import Config
 from ..data.epochs import start_clock
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
                              resolve_flip_map, steps_per_epoch)
-from . import console, identity, tracking
+from . import console, identity, mlflow_run, tracking
 
 
 def storage_path(cfg: Config) -> str:
@@ -203,13 +203,13 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         # found by the attempt's uid (new with every fresh start): a changed config never continues this run
         tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": store, "cmpl.run_uid": record["uid"],
                 "cmpl.fingerprint": fp, **(extra_tags or {})}
-        run_id = tracking.find_run(uri, cfg.tracking.experiment, tags)
+        run_id = mlflow_run.find_run(uri, cfg.tracking.experiment, tags)
         if run_id is None:
             params = {**cfg.flat(), "derived.fingerprint": fp, "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
                       "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
                       "derived.num_val": len(val)}
-            run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
-            tracking.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs (mlflow_run.py)
+            run_id = mlflow_run.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
+            mlflow_run.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs
         elif verbose:
             print(f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
                   f"{run_id}", flush=True)

@@ -1,4 +1,7 @@
-"""What a training run looks like in the MLflow UI: experiment kind, dataset inputs, a link to the run.
+"""Creating, finding and presenting a training run in MLflow: experiment kind, dataset inputs, a link to it.
+
+The driver creates the run (:func:`start_run`) or finds the one to resume (:func:`find_run`: a re-run of the
+same command, matched on the run-identity tags); the rank-0 worker then logs into it with ``tracking.Tracker``.
 
 Experiment kind. MLflow 3.17's UI opens an experiment on its GenAI pages ("Overview", "Traces") unless the
 browser is in its "Model training" mode. Measured on 3.17.2 (its JS bundle and headless Chromium): the mode is a
@@ -115,3 +118,88 @@ def run_url(uri: str, experiment_id: str, run_id: str | None = None, port: int =
     """Link to the experiment's runs table (or one run) in the UI's model-training mode (see module docstring)."""
     page = f"runs/{run_id}" if run_id else "runs"
     return f"{ui_base(uri, port)}/#/experiments/{experiment_id}/{page}?{UI_PARAM}"
+
+
+# Creating and finding runs (the driver's side; the worker logs into the run through tracking.Tracker).
+
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict,
+    tags: dict | None = None,
+    parent_run_id: str | None = None,
+) -> str | None:
+    """Create (experiment and) run, log ``params`` in batches; run id, or None after ONE warning.
+
+    For sqlite stores the experiment's artifacts go next to the database (``<db dir>/mlruns``)
+    instead of MLflow's cwd-relative default, so the db and its artifacts travel together.
+    The experiment is tagged as a model-training one (:func:`.mlflow_run.mark_model_training`).
+    """
+    from mlflow.entities import Param
+
+    uri = tracking.resolve_tracking_uri(uri)
+    try:
+        client = tracking._client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+            art = os.path.join(os.path.dirname(db), "mlruns") if db.startswith("/") else None
+            exp_id = client.create_experiment(experiment, artifact_location=art)
+        else:
+            exp_id = exp.experiment_id
+        mark_model_training(client, exp_id, exp.tags if exp is not None else None)
+        all_tags = {k: tracking._stringify(v, tracking.MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
+        all_tags["mlflow.runName"] = run_name
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        items = [Param(str(k), tracking._stringify(v, tracking.MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
+        for i in range(0, len(items), tracking.MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i:i + tracking.MAX_PARAMS_PER_BATCH])
+        return run_id
+    except Exception as e:  # noqa: BLE001 - any store failure must not stop training
+        tracking._warn(f"MLflow at {uri} unreachable, run not created (training continues): {e!r}")
+        return None
+
+
+def _tag_filter(tags: dict) -> tuple[str, bool]:
+    """MLflow's filter grammar has no escape: a value goes in '...' or "..."; one holding both
+    quote kinds cannot be expressed and is checked client-side (returned flag)."""
+    parts, exact = [], True
+    for k, v in tags.items():
+        v = str(v)
+        if "'" not in v:
+            parts.append(f"tags.`{k}` = '{v}'")
+        elif '"' not in v:
+            parts.append(f'tags.`{k}` = "{v}"')
+        else:
+            exact = False
+    return " and ".join(parts), exact
+
+
+def find_run(uri: str, experiment: str, tags: dict) -> str | None:
+    """Newest active run in ``experiment`` whose tags all match ``tags`` (to resume the same
+    MLflow run when a user re-runs the same command); None if none or unreachable."""
+    uri = tracking.resolve_tracking_uri(uri)
+    want = {str(k): str(v) for k, v in tags.items()}
+    try:
+        client = tracking._client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        flt, exact = _tag_filter(want)
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=flt,
+            order_by=["attributes.start_time DESC"],
+            max_results=1 if exact else 1000,
+        )
+        for r in runs:  # newest first
+            if all(r.data.tags.get(k) == v for k, v in want.items()):
+                return r.info.run_id
+        return None
+    except Exception as e:  # noqa: BLE001
+        tracking._warn(f"MLflow at {uri} unreachable, cannot look up run: {e!r}")
+        return None

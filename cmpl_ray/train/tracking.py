@@ -1,6 +1,6 @@
 """MLflow tracking that can never kill training.
 
-The ``cmpl-ray train`` driver creates ONE MLflow run (:func:`start_run`) before launching Ray
+The ``cmpl-ray train`` driver creates ONE MLflow run (:func:`.mlflow_run.start_run`) before launching Ray
 Train; the rank-0 worker, possibly on another machine and possibly restarted after a failure,
 logs metrics into that run id through a :class:`Tracker`. We talk to ``MlflowClient`` directly
 (never the fluent ``mlflow.start_run`` global state) so several runs can coexist in one process
@@ -85,13 +85,6 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return uri
 
 
-def log_list_inputs(uri: str, run_id: str | None, cfg: Any) -> bool:
-    """The run's list files as MLflow dataset inputs (:func:`.mlflow_run.log_list_inputs`); never raises."""
-    from .mlflow_run import log_list_inputs as log_inputs
-
-    return log_inputs(uri, run_id, cfg)
-
-
 def ui_command(uri: str) -> str:
     """What a user runs to browse ``uri``; bound to loopback so runs are not exposed."""
     uri = resolve_tracking_uri(uri)
@@ -103,91 +96,6 @@ def ui_command(uri: str) -> str:
 def _stringify(v: Any, limit: int) -> str:
     s = json.dumps(list(v), default=str) if isinstance(v, (list, tuple)) else str(v)
     return s[:limit]
-
-
-def start_run(
-    uri: str,
-    experiment: str,
-    run_name: str,
-    params: dict,
-    tags: dict | None = None,
-    parent_run_id: str | None = None,
-) -> str | None:
-    """Create (experiment and) run, log ``params`` in batches; run id, or None after ONE warning.
-
-    For sqlite stores the experiment's artifacts go next to the database (``<db dir>/mlruns``)
-    instead of MLflow's cwd-relative default, so the db and its artifacts travel together.
-    The experiment is tagged as a model-training one (:func:`.mlflow_run.mark_model_training`).
-    """
-    from mlflow.entities import Param
-
-    uri = resolve_tracking_uri(uri)
-    try:
-        client = _client(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-            art = os.path.join(os.path.dirname(db), "mlruns") if db.startswith("/") else None
-            exp_id = client.create_experiment(experiment, artifact_location=art)
-        else:
-            exp_id = exp.experiment_id
-        from .mlflow_run import mark_model_training  # UI opens on the runs table (see mlflow_run.py)
-
-        mark_model_training(client, exp_id, exp.tags if exp is not None else None)
-        all_tags = {k: _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
-        all_tags["mlflow.runName"] = run_name
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        run_id = run.info.run_id
-        items = [Param(str(k), _stringify(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
-        return run_id
-    except Exception as e:  # noqa: BLE001 - any store failure must not stop training
-        _warn(f"MLflow at {uri} unreachable, run not created (training continues): {e!r}")
-        return None
-
-
-def _tag_filter(tags: dict) -> tuple[str, bool]:
-    """MLflow's filter grammar has no escape: a value goes in '...' or "..."; one holding both
-    quote kinds cannot be expressed and is checked client-side (returned flag)."""
-    parts, exact = [], True
-    for k, v in tags.items():
-        v = str(v)
-        if "'" not in v:
-            parts.append(f"tags.`{k}` = '{v}'")
-        elif '"' not in v:
-            parts.append(f'tags.`{k}` = "{v}"')
-        else:
-            exact = False
-    return " and ".join(parts), exact
-
-
-def find_run(uri: str, experiment: str, tags: dict) -> str | None:
-    """Newest active run in ``experiment`` whose tags all match ``tags`` (to resume the same
-    MLflow run when a user re-runs the same command); None if none or unreachable."""
-    uri = resolve_tracking_uri(uri)
-    want = {str(k): str(v) for k, v in tags.items()}
-    try:
-        client = _client(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return None
-        flt, exact = _tag_filter(want)
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=flt,
-            order_by=["attributes.start_time DESC"],
-            max_results=1 if exact else 1000,
-        )
-        for r in runs:  # newest first
-            if all(r.data.tags.get(k) == v for k, v in want.items()):
-                return r.info.run_id
-        return None
-    except Exception as e:  # noqa: BLE001
-        _warn(f"MLflow at {uri} unreachable, cannot look up run: {e!r}")
-        return None
 
 
 def _append_jsonl(path: str, records: list[dict]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
-from ..train import tracking
+from ..train import mlflow_run, tracking
 from ..train.console import LOG_NAME
 from ..train.identity import read_text as _read_text, write_text as _write_text
 from .space import SweepSpec, load_space, overrides_of, to_tune_space
@@ -180,7 +180,7 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     parent = None
     if base_cfg.tracking.enabled:
         ptags = {"cmpl.sweep": name, "cmpl.role": "sweep"}
-        parent = tracking.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
+        parent = mlflow_run.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
         if parent is None:
             params = {"sweep.space_file": os.path.basename(space_path), "sweep.searcher": spec.searcher,
                       "sweep.num_samples": samples, "sweep.max_concurrent_trials": mct, "sweep.metric": spec.metric,
@@ -189,7 +189,7 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
                       **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
                       **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
                       **{f"fixed.{k}": v for k, v in spec.fixed.items()}, **{f"set.{i}": o for i, o in enumerate(overrides)}}
-            parent = tracking.start_run(uri, base_cfg.tracking.experiment, name, params,
+            parent = mlflow_run.start_run(uri, base_cfg.tracking.experiment, name, params,
                                         {**ptags, "cmpl.space": spec.description[:500]})
     state["parent_run_id"] = parent
     _save_state(d, state)
