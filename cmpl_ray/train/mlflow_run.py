@@ -134,7 +134,7 @@ def start_run(
 
     For sqlite stores the experiment's artifacts go next to the database (``<db dir>/mlruns``)
     instead of MLflow's cwd-relative default, so the db and its artifacts travel together.
-    The experiment is tagged as a model-training one (:func:`.mlflow_run.mark_model_training`).
+    The experiment is tagged as a model-training one (:func:`mark_model_training`).
     """
     from mlflow.entities import Param
 
