@@ -46,26 +46,37 @@ def family_argv(a, fam: str, root: Path, out: Path) -> list[str]:
 
 def summary_markdown(out: Path, families: list[str]) -> str:
     """One row per family from each ``<out>/<family>/results.csv``; margins paired by seed."""
-    from compare_algorithms import _paired, paired_ci95, read_rows
+    from compare_algorithms import read_rows
+
+    rows = {fam: read_rows(str(out / fam / "results.csv")) for fam in families if (out / fam / "results.csv").exists()}
+    return summary_table(rows, families)
+
+
+def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], title: str = "",
+                  details: str = "`<family>/results.md`") -> str:
+    """The suite summary from per-family rows (``algo``, ``seed``, ``val_top1``, ...); a family without rows is
+    "not run". Shared by ``--suite`` (CSV rows) and ``recipe_study.py --compare --summary`` (Ray-free runs)."""
+    from compare_algorithms import _paired, paired_ci95
 
     from cmpl_ray.data.suite import FAMILIES
 
-    lines = ["# Benchmark suite: algorithm comparison", "",
+    lines = [f"# {title or 'Benchmark suite: algorithm comparison'}", "",
              "Top-1 (%) mean over seeds (std); margins are paired per-seed differences, mean [95% CI]. "
-             "Per-family tables (per-seed values, pseudo-label mask rate and precision per network) are in "
-             "`<family>/results.md`.", "",
+             f"Per-family tables (per-seed values, pseudo-label mask rate and precision per network): {details}. "
+             "Last column: precision of the pseudo-labels the primary learns from "
+             "(last round, %), FixMatch / CMPL.", "",
              "| family | held out | classes | all labels | supervised | FixMatch | CMPL | CMPL aux | "
-             "FixMatch - sup | CMPL - FixMatch | CMPL - sup |", "|" + "---|" * 11]
+             "FixMatch - sup | CMPL - FixMatch | CMPL - sup | PL precision F |", "|" + "---|" * 12]
     wins: dict[str, list[tuple[str, float]]] = {"fixmatch-supervised": [], "cmpl-fixmatch": [], "cmpl-supervised": []}
     for fam in families:
-        path = out / fam / "results.csv"
-        if not path.exists():
-            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | not run |" + " |" * 7)
+        if fam not in rows_by_family:
+            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | not run |" + " |" * 8)
             continue
-        rows = [r for r in read_rows(str(path)) if r["val_top1"] is not None]
+        rows = [r for r in rows_by_family[fam] if r["val_top1"] is not None]
 
-        def cell(algo: str, key: str = "val_top1") -> str:
-            xs = [r[key] for r in rows if r["algo"] == algo and r[key] is not None]
+        def cell(algo: str, key: str = "val_top1", scale: float = 1.0) -> str:
+            xs = [scale * r[key] for r in rows if r["algo"] == algo and r.get(key) is not None]
+            xs = [x for x in xs if math.isfinite(x)]
             if not xs:
                 return "-"
             m = _mean(xs)
@@ -81,10 +92,12 @@ def summary_markdown(out: Path, families: list[str]) -> str:
             lo, hi = paired_ci95(d)
             m = _mean(d)
             wins[f"{a}-{b}"].append((fam, m))
-            margins.append(f"{m:+.1f}" + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"))
+            margins.append(f"{m:+.1f} ({sum(x > 0 for x in d)}/{len(d)})"
+                           + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"))
+        prec = [cell(a, "pl_acc_f", 100.0).split(" ")[0] for a in ("fixmatch", "cmpl")]
         lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | {len(FAMILIES[fam].classes)} | "
                      f"{cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
-                     f"{cell('cmpl', 'aux_val_top1')} | " + " | ".join(margins) + " |")
+                     f"{cell('cmpl', 'aux_val_top1')} | " + " | ".join(margins) + f" | {' / '.join(prec)} |")
     lines.append("")
     for key, vals in wins.items():
         tuned = [(f, m) for f, m in vals if not FAMILIES[f].held_out]

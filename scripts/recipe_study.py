@@ -73,15 +73,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the results so far and exit")
     ap.add_argument("--compare", nargs="+", metavar="TAG", help="print the seed-paired comparison of these tags")
+    ap.add_argument("--summary", action="store_true", help="with --compare: one row per family (suite summary)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
     if args.compare:
-        from recipe_compare import compare_markdown  # scripts/ is on sys.path when this file runs
+        from recipe_compare import compare_markdown, summary_markdown  # scripts/ is on sys.path when this runs
 
         records = [json.loads(line) for line in open(res_path)]
         given = args.families != ap.get_default("families")
-        fams = args.families if given else sorted({r["family"] for r in records})
+        fams = args.families if given else [f for f in FAMILIES if any(r["family"] == f for r in records)]
+        if args.summary:
+            print(summary_markdown(records, fams, args.labels, args.compare))
+            return 0
         for fam in fams:
             print(compare_markdown(records, fam, args.labels, args.compare, args.data))
         return 0

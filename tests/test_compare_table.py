@@ -93,7 +93,7 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
                                 "aux_val_top1": 20.0 if algo == "cmpl" else ""})
     md = compare_suite.summary_markdown(tmp_path, ["direction", "heldout", "speed"])
     assert "| direction | no | 6 | 91.0 (1.0) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
-    assert "+10.0 [" in md and "| heldout | yes |" in md and "| speed | no | - | not run |" in md
+    assert "+10.0 (3/3) [" in md and "| heldout | yes |" in md and "| speed | no | - | not run |" in md
     assert "- fixmatch > supervised on 1/1 tuned families; held-out `heldout`: -1.0" in md
     assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: +3.0" in md
 
@@ -140,6 +140,33 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     recs += [_rec("cmpl", s, v) for s, v in ((0, 20.0), (1, 50.0))]  # the paper's cross scheme
     md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "max"], str(tmp_path))
     assert "| cmpl-maximum - cmpl | +0.00 | +10.0, -10.0 |" in md
+
+
+def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
+    """``recipe_study.py --compare TAG --summary``: per-family means and paired margins from results.jsonl, the
+    all-labels ceiling from a supervised every-label run of the same preset, the primary's pseudo-label
+    precision (FixMatch / CMPL), CMPL's other schemes left out, tuned and held-out families counted apart."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import recipe_compare
+
+    def rec(fam, algo, seed, top1, **kw):
+        return {**_rec(algo, seed, top1, **kw), "family": fam, "preset": "p",
+                "train_pl_acc_f": {"fixmatch": 0.5, "cmpl": 0.75}.get(algo)}
+
+    recs = [rec("direction", a, s, v) for a, vs in (("supervised", (40, 50)), ("fixmatch", (45, 49)),
+                                                     ("cmpl", (50, 60))) for s, v in enumerate(vs)]
+    recs += [rec("direction", "cmpl", s, 99.0, overrides=["algo.scheme=maximum"]) for s in (0, 1)]
+    recs += [{**rec("direction", "supervised", 0, 97.0), "labels": "all", "overrides": []},
+             {**rec("direction", "supervised", 0, 11.0), "labels": "all", "overrides": [], "preset": "other"}]
+    recs += [rec("heldout", a, 0, v) for a, v in (("supervised", 30.0), ("fixmatch", 40.0), ("cmpl", 35.0))]
+    md = recipe_compare.summary_markdown(recs, ["direction", "speed", "heldout"], "10", ["study"])
+    assert "| direction | no | 6 | 97.0 (0.0) | 45.0 (7.1) | 47.0 (2.8) | 55.0 (7.1) |" in md
+    assert "| +2.0 (1/2) [" in md and "| +8.0 (2/2) [" in md and "| 50.0 / 75.0 |" in md
+    assert "99.0" not in md and "11.0" not in md  # another scheme, another preset's ceiling
+    assert "| speed | no | - | not run |" in md
+    assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: -5.0" in md
 
 
 def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
