@@ -3,8 +3,10 @@
 
 Runs ``search_spaces/demo_laptop.yaml`` (8 trials: threshold x lambda, demo preset) twice through the real
 ``cmpl-ray tune`` driver in one local Ray: once with ASHA, once with every trial run to the end. Prints
-the wall time of each, the number of trials ASHA stopped, the best validation top-1 each sweep reached,
-and as the last line ``asha_vs_full_wall: <ratio>`` (< 1 means ASHA saved time).
+the wall time of each, the number of trials ASHA stopped, the best validation top-1 each sweep reached and
+its values, a trial's fixed cost (start-up in epoch 1, time outside the reports), the trial-epochs ASHA saved,
+whether both sweeps found the same best trial, and as the last line ``asha_vs_full_wall: <ratio>`` (< 1 means
+ASHA saved time). Long trials (where early stopping matters): ``--set train.steps_per_epoch=60``.
 
     python scripts/bench_asha.py [--space search_spaces/demo_laptop.yaml] [--out outputs/bench_asha]
 """
@@ -18,6 +20,22 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def fixed_cost_line(r: dict) -> str:
+    """Where a trial's time goes, from the sweep that ran every trial to the end: the steady epoch (the
+    fastest report), epoch 1's extra (worker group, datasets, first batches: the slowest report minus the
+    fastest) and the wall outside any report (trial scheduling, the end's checkpoint and model logging)."""
+    rows = [t for t in r["trials"] if t.get("epoch_s_min") is not None and t.get("seconds") is not None]
+    if not rows:
+        return "per_trial: no timings"
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    steady = med([t["epoch_s_min"] for t in rows])
+    start = med([t["epoch_s_max"] - t["epoch_s_min"] for t in rows])
+    outside = (r["wall_seconds"] - sum(t["seconds"] for t in rows)) / len(rows)
+    total = r["wall_seconds"] / len(rows)
+    return (f"per_trial (median): steady epoch {steady:.1f} s, epoch-1 start-up {start:.1f} s, outside reports "
+            f"{outside:.1f} s, wall {total:.1f} s: fixed share {(start + outside) / total:.2f}")
 
 
 def main() -> int:
@@ -50,7 +68,14 @@ def main() -> int:
         best = r["best"]["best"] if r["best"] else float("nan")
         epochs = sum(t["epochs"] for t in r["trials"])
         print(f"{sched}: {len(r['trials'])} trials, {r['early_stopped']} stopped early, {epochs} trial-epochs, "
-              f"wall {r['wall_seconds']:.1f} s, best val_top1 {best:.2f}")
+              f"wall {r['wall_seconds']:.1f} s, best val_top1 {best:.2f} {r['best']['values'] if r['best'] else ''}")
+    print(fixed_cost_line(res["fifo"]))
+    full = sum(t["epochs"] for t in res["fifo"]["trials"])
+    ran = sum(t["epochs"] for t in res["asha"]["trials"])
+    same = bool(res["asha"]["best"] and res["fifo"]["best"]
+                and res["asha"]["best"]["values"] == res["fifo"]["best"]["values"])
+    print(f"trial_epochs_saved: {full - ran} of {full} ({(full - ran) / max(full, 1):.0%})")
+    print(f"same_best_trial: {'yes' if same else 'no'}")
     print(f"asha_vs_full_wall: {res['asha']['wall_seconds'] / res['fifo']['wall_seconds']:.3f}")
     return 0
 

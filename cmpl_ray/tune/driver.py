@@ -239,8 +239,10 @@ def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, 
         else:
             status = "completed" if ep >= epochs else "early_stopped"
         agg = (t.metric_analysis or {}).get(spec.metric, {})
+        it = (t.metric_analysis or {}).get("time_this_iter_s", {})  # Tune's per-report wall: epoch 1 holds start-up
         rows.append({"trial_id": t.trial_id, "values": {a: (t.config or {}).get(a) for a in spec.axes()},
-                     "status": status, "epochs": ep, "final": m.get(spec.metric), "best": agg.get(spec.mode)})
+                     "status": status, "epochs": ep, "final": m.get(spec.metric), "best": agg.get(spec.mode),
+                     "seconds": m.get("time_total_s"), "epoch_s_min": it.get("min"), "epoch_s_max": it.get("max")})
     # Tune returns normally after Ctrl-C; trials it never generated or left unfinished mean "interrupted"
     expected = spec.grid_size() * samples
     interrupted = interrupted or len(rows) < expected
