@@ -65,12 +65,12 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
              f"Per-family tables (per-seed values, pseudo-label mask rate and precision per network): {details}. "
              "Last column: precision of the pseudo-labels the primary learns from "
              "(last round, %), FixMatch / CMPL.", "",
-             "| family | held out | classes | all labels | supervised | FixMatch | CMPL | CMPL aux | "
-             "FixMatch - sup | CMPL - FixMatch | CMPL - sup | PL precision F |", "|" + "---|" * 12]
+             "| family | held out | classes | seeds | all labels | supervised | FixMatch | CMPL | CMPL aux | "
+             "FixMatch - sup | CMPL - FixMatch | CMPL - sup | PL precision F |", "|" + "---|" * 13]
     wins: dict[str, list[tuple[str, float]]] = {"fixmatch-supervised": [], "cmpl-fixmatch": [], "cmpl-supervised": []}
     for fam in families:
         if fam not in rows_by_family:
-            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | not run |" + " |" * 8)
+            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | - | not run |" + " |" * 8)
             continue
         rows = [r for r in rows_by_family[fam] if r["val_top1"] is not None]
 
@@ -96,15 +96,16 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
                            + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"))
         prec = [cell(a, "pl_acc_f", 100.0).split(" ")[0] for a in ("fixmatch", "cmpl")]
         lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | {len(FAMILIES[fam].classes)} | "
-                     f"{cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
+                     f"{len({r['seed'] for r in rows if r['algo'] != 'all-labels'})} | {cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
                      f"{cell('cmpl', 'aux_val_top1')} | " + " | ".join(margins) + f" | {' / '.join(prec)} |")
     lines.append("")
     for key, vals in wins.items():
         tuned = [(f, m) for f, m in vals if not FAMILIES[f].held_out]
         held = [(f, m) for f, m in vals if FAMILIES[f].held_out]
         a, b = key.split("-")
+        ties = sum(abs(m) < 1e-9 for _, m in tuned)
         lines.append(f"- {a} > {b} on {sum(m > 0 for _, m in tuned)}/{len(tuned)} tuned families"
-                     + "".join(f"; held-out `{f}`: {m:+.1f}" for f, m in held))
+                     + (f" ({ties} tied)" if ties else "") + "".join(f"; held-out `{f}`: {m:+.1f}" for f, m in held))
     return "\n".join(lines) + "\n"
 
 

@@ -92,8 +92,8 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
                     w.writerow({"algo": algo, "seed": seed, "val_top1": x, "minutes": 1.0,
                                 "aux_val_top1": 20.0 if algo == "cmpl" else ""})
     md = compare_suite.summary_markdown(tmp_path, ["direction", "heldout", "speed"])
-    assert "| direction | no | 6 | 91.0 (1.0) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
-    assert "+10.0 (3/3) [" in md and "| heldout | yes |" in md and "| speed | no | - | not run |" in md
+    assert "| direction | no | 6 | 3 | 91.0 (1.0) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
+    assert "+10.0 (3/3) [" in md and "| heldout | yes |" in md and "| speed | no | - | - | not run |" in md
     assert "- fixmatch > supervised on 1/1 tuned families; held-out `heldout`: -1.0" in md
     assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: +3.0" in md
 
@@ -161,12 +161,13 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     recs += [{**rec("direction", "supervised", 0, 97.0), "labels": "all", "overrides": []},
              {**rec("direction", "supervised", 0, 11.0), "labels": "all", "overrides": [], "preset": "other"}]
     recs += [rec("heldout", a, 0, v) for a, v in (("supervised", 30.0), ("fixmatch", 40.0), ("cmpl", 35.0))]
-    md = recipe_compare.summary_markdown(recs, ["direction", "speed", "heldout"], "10", ["study"])
-    assert "| direction | no | 6 | 97.0 (0.0) | 45.0 (7.1) | 47.0 (2.8) | 55.0 (7.1) |" in md
+    recs += [rec("scale", a, 0, v) for a, v in (("supervised", 30.0), ("fixmatch", 100.0), ("cmpl", 100.0))]
+    md = recipe_compare.summary_markdown(recs, ["direction", "speed", "scale", "heldout"], "10", ["study"])
+    assert "| direction | no | 6 | 2 | 97.0 (0.0) | 45.0 (7.1) | 47.0 (2.8) | 55.0 (7.1) |" in md
     assert "| +2.0 (1/2) [" in md and "| +8.0 (2/2) [" in md and "| 50.0 / 75.0 |" in md
     assert "99.0" not in md and "11.0" not in md  # another scheme, another preset's ceiling
-    assert "| speed | no | - | not run |" in md
-    assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: -5.0" in md
+    assert "| speed | no | - | - | not run |" in md
+    assert "- cmpl > fixmatch on 1/2 tuned families (1 tied); held-out `heldout`: -5.0" in md  # scale: both 100
 
 
 def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
