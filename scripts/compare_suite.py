@@ -48,7 +48,8 @@ def summary_markdown(out: Path, families: list[str]) -> str:
     """One row per family from each ``<out>/<family>/results.csv``; margins paired by seed."""
     from compare_algorithms import read_rows
 
-    rows = {fam: read_rows(str(out / fam / "results.csv")) for fam in families if (out / fam / "results.csv").exists()}
+    rows = {fam: read_rows(str(out / fam / "results.csv")) for fam in families
+            if (out / fam / "results.csv").exists()}
     return summary_table(rows, families)
 
 
@@ -95,8 +96,9 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
             margins.append(f"{m:+.1f} ({sum(x > 0 for x in d)}/{len(d)})"
                            + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"))
         prec = [cell(a, "pl_acc_f", 100.0).split(" ")[0] for a in ("fixmatch", "cmpl")]
+        seeds = len({r["seed"] for r in rows if r["algo"] != "all-labels"})
         lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | {len(FAMILIES[fam].classes)} | "
-                     f"{len({r['seed'] for r in rows if r['algo'] != 'all-labels'})} | {cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
+                     f"{seeds} | {cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
                      f"{cell('cmpl', 'aux_val_top1')} | " + " | ".join(margins) + f" | {' / '.join(prec)} |")
     lines.append("")
     for key, vals in wins.items():

@@ -102,13 +102,14 @@ def compare_markdown(records: list[dict], family: str, labels: str, tags: list[s
 def summary_markdown(records: list[dict], families: list[str], labels: str, tags: list[str]) -> str:
     """``--compare TAGS --summary``: the suite summary (one row per family, paired margins, how many tuned
     families each margin holds on) from the Ray-free runs; the all-labels column is each family's latest
-    supervised run with every label and the same preset (any tag). Another CMPL scheme (``cmpl-maximum``) is left to the
-    per-family tables: the summary is about the paper's method as shipped."""
+    supervised run with every label and the same preset (any tag). Another CMPL scheme (``cmpl-maximum``) is
+    left to the per-family tables: the summary is about the paper's method as shipped."""
     from compare_suite import summary_table
 
     rows = {}
     for fam in families:
-        fam_rows = [r for r in study_rows(records, fam, labels, tags) if r["algo"] in ("supervised", "fixmatch", "cmpl")]
+        fam_rows = [r for r in study_rows(records, fam, labels, tags)
+                    if r["algo"] in ("supervised", "fixmatch", "cmpl")]
         presets = {r["_rec"].get("preset") for r in fam_rows}
         full = [r for r in records if r.get("family") == fam and str(r.get("labels")) == "all"
                 and r.get("algo") == "supervised" and not r.get("overrides") and r.get("preset") in presets]
@@ -117,5 +118,6 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
         if fam_rows:
             rows[fam] = fam_rows
     seeds = sorted({r["seed"] for rs in rows.values() for r in rs if r["algo"] != "all-labels"})
-    return summary_table(rows, families, f"Ray-free runs, {labels} labels/class, tags {', '.join(tags)}, seeds {seeds}",
+    title = f"Ray-free runs, {labels} labels/class, tags {', '.join(tags)}, seeds {seeds}"
+    return summary_table(rows, families, title,
                          details=f"`recipe_study.py --compare {' '.join(tags)} --labels {labels}` (without --summary)")
