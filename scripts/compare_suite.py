@@ -57,7 +57,7 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
                   details: str = "`<family>/results.md`") -> str:
     """The suite summary from per-family rows (``algo``, ``seed``, ``val_top1``, ...); a family without rows is
     "not run". Shared by ``--suite`` (CSV rows) and ``recipe_study.py --compare --summary`` (Ray-free runs)."""
-    from compare_algorithms import _paired, paired_ci95
+    from compare_algorithms import _mean_std, _paired, paired_ci95
 
     from cmpl_ray.data.suite import FAMILIES
 
@@ -75,14 +75,12 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
             continue
         rows = [r for r in rows_by_family[fam] if r["val_top1"] is not None]
 
-        def cell(algo: str, key: str = "val_top1", scale: float = 1.0) -> str:
-            xs = [scale * r[key] for r in rows if r["algo"] == algo and r.get(key) is not None]
-            xs = [x for x in xs if math.isfinite(x)]
-            if not xs:
-                return "-"
-            m = _mean(xs)
-            sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-            return f"{m:.1f} ({sd:.1f})"
+        def stats(algo: str, key: str = "val_top1") -> tuple[float, float]:
+            return _mean_std([r[key] for r in rows if r["algo"] == algo and r.get(key) is not None])
+
+        def cell(algo: str, key: str = "val_top1") -> str:
+            m, sd = stats(algo, key)
+            return "-" if math.isnan(m) else f"{m:.1f} ({sd:.1f})"
 
         margins = []
         for a, b in (("fixmatch", "supervised"), ("cmpl", "fixmatch"), ("cmpl", "supervised")):
@@ -95,7 +93,8 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
             wins[f"{a}-{b}"].append((fam, m))
             margins.append(f"{m:+.1f} ({sum(x > 0 for x in d)}/{len(d)})"
                            + ("" if math.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"))
-        prec = [cell(a, "pl_acc_f", 100.0).split(" ")[0] for a in ("fixmatch", "cmpl")]
+        prec = [stats(a, "pl_acc_f")[0] for a in ("fixmatch", "cmpl")]  # fractions
+        prec = ["-" if math.isnan(p) else f"{100 * p:.1f}" for p in prec]
         seeds = len({r["seed"] for r in rows if r["algo"] != "all-labels"})
         lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | {len(FAMILIES[fam].classes)} | "
                      f"{seeds} | {cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
