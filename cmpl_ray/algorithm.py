@@ -13,11 +13,15 @@ but runs the weak views under ``no_grad`` and the labeled clips on their own: ``
 runs over the weak rows, whose gradient is zero (their logits only feed the detached teacher), which is
 B_u / (B_l + 2 B_u) of every network's backward work spent on nothing. ``concat`` is FixMatch's single forward
 over ``cat([labeled, weak, strong])``; ``separate`` runs one forward per view (the weak one under ``no_grad``).
+
+``aux_stream`` (GPU only, ``train.aux_stream``): the auxiliary's forward, and so its backward (autograd runs a
+backward op on its forward op's stream), is queued on a second CUDA stream so that its small, latency-bound
+kernels can run beside the primary's instead of after them; the math is unchanged.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Mapping
 
 import torch
@@ -172,6 +176,7 @@ def compute_objective(
     aux_supervised: bool = True,
     aux_unsupervised: bool = True,
     bn_mode: str = "clean",
+    aux_stream: "torch.cuda.Stream | None" = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Full training objective for one step and its statistics (detached tensors).
 
@@ -182,6 +187,7 @@ def compute_objective(
       that decoded (skipped samples keep the batch shape but do not count).
     algo: supervised -> L_s^F; fixmatch -> L_s^F + lambda L_u^F (F teaches itself, Eq. 1);
       cmpl -> (L_s^F + L_s^A) + lambda (L_u^F + L_u^A) (Eq. 6), teachers from ``scheme``.
+    aux_stream: a CUDA stream for the auxiliary's forward/backward (cmpl only; None: the current stream).
     """
     l_valid, u_valid = batch.get("l_valid"), batch.get("u_valid")
     y_u = batch.get("y_u")
@@ -193,6 +199,10 @@ def compute_objective(
         stats["loss"] = loss_s_f.detach()
         return loss_s_f, stats
 
+    side = aux_stream if algo == "cmpl" and aux is not None else None
+    main = torch.cuda.current_stream() if side is not None else None
+    if side is not None:  # before the primary is queued: the side stream waits only for the batch's copies
+        side.wait_stream(main)
     lo_l_f, lo_w_f, lo_s_f = _forward_views(primary, [batch["l_p"], batch["u_weak_p"], batch["u_strong_p"]], bn_mode)
     loss_s_f = supervised_loss(lo_l_f, batch["y_l"], l_valid)
     p_f = torch.softmax(lo_w_f.float(), dim=1)
@@ -207,7 +217,15 @@ def compute_objective(
     if aux is None:
         raise ValueError("algo.name=cmpl needs an auxiliary network")
 
-    lo_l_a, lo_w_a, lo_s_a = _forward_views(aux, [batch["l_a"], batch["u_weak_a"], batch["u_strong_a"]], bn_mode)
+    views_a = [batch["l_a"], batch["u_weak_a"], batch["u_strong_a"]]
+    with torch.cuda.stream(side) if side is not None else nullcontext():
+        lo_l_a, lo_w_a, lo_s_a = _forward_views(aux, views_a, bn_mode)
+    if side is not None:  # the caching allocator must not hand these blocks out while the other stream reads them
+        for v in views_a:
+            v.record_stream(side)
+        main.wait_stream(side)
+        for t in (lo_l_a, lo_w_a, lo_s_a):
+            t.record_stream(main)
     loss_s_a = supervised_loss(lo_l_a, batch["y_l"], l_valid)
     p_a = torch.softmax(lo_w_a.float(), dim=1)
     l_f, l_a = teacher_distributions(p_f, p_a, scheme, threshold)

@@ -17,7 +17,9 @@ strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is
     python scripts/bench_gpu.py --preset ucf101-1pct-r18 --set data.crop_size=112 --json bench.json
 
 ``--set`` overrides the preset (the networks, clip shape and crop the bench measures); ``--json`` also writes the
-compute rows as a JSON list. ``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
+compute rows as a JSON list. ``--aux-variants`` adds CMPL rows with the auxiliary's cost hidden two ways (issue 18):
+``aux_stream`` (``train.aux_stream``: its forward/backward on a second CUDA stream; first checks that the gradients
+match the one-stream step's) and ``compile_aux`` (``torch.compile`` of the auxiliary, compile time reported apart). ``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
 """
 
 from __future__ import annotations
@@ -98,16 +100,57 @@ def run_steps(cfg, nets, batches, steps, device, scaler, wait=None):
     return res, time.perf_counter() - t0
 
 
+def stream_grad_check(cfg, k, b_l, b_u, device) -> float:
+    """Largest |grad difference| / largest |grad| between one CMPL step on one stream and on two (fp32)."""
+    from cmpl_ray.algorithm import compute_objective
+
+    torch.manual_seed(0)
+    primary, aux, _ = networks(cfg, k, device)
+    b = random_batch(cfg, k, b_l, b_u, device)
+    x = {n: (v.float() / 255.0 if v.dtype == torch.uint8 else v) for n, v in b.items()}
+    grads = []
+    for stream in (None, torch.cuda.Stream(device)):
+        for m in (primary, aux):
+            m.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks: kernels are queued in the same order on either path
+        loss, _ = compute_objective(primary, aux, x, algo="cmpl", threshold=0.05, bn_mode=cfg.algo.bn_mode,
+                                    aux_stream=stream)
+        loss.backward()
+        sync(device)
+        grads.append(torch.cat([p.grad.flatten() for m in (primary, aux) for p in m.parameters()]))
+    return float((grads[0] - grads[1]).abs().max() / grads[0].abs().max().clamp(min=1e-12))
+
+
 def compute_bench(args, device, k):
     """Prints the compute table; returns one dict per (amp, algo): ms/step, clips/s, peak GiB, MFU."""
     rows, ms, recs = [], {}, []
+    variants = list(getattr(args, "aux_variants", None) or [])
     for amp in args.amp:
-        for algo in ("cmpl", "fixmatch"):
+        for algo in ["cmpl", "fixmatch"] + [f"cmpl+{v}" for v in variants]:
+            base, _, variant = algo.partition("+")
+            extra = ["train.aux_stream=true"] if variant == "aux_stream" else []
             cfg = load_config(args.preset, overrides=list(getattr(args, "overrides", None) or [])
-                              + [f"algo.name={algo}", f"train.amp={amp}", "algo.threshold=0.05"])
+                              + [f"algo.name={base}", f"train.amp={amp}", "algo.threshold=0.05"] + extra)
+            note = {}
+            if variant == "aux_stream":
+                if device.type != "cuda":
+                    print(f"{algo}: skipped, a second stream needs CUDA")
+                    continue
+                note["grad_rel_diff_vs_one_stream"] = stream_grad_check(
+                    load_config(args.preset, overrides=list(getattr(args, "overrides", None) or [])),
+                    k, args.batch_labeled, args.batch_labeled * args.ratio, device)
+                print(f"{algo}: gradients vs one stream, max |diff| / max |grad| = "
+                      f"{note['grad_rel_diff_vs_one_stream']:.2e}")
             nets = networks(cfg, k, device)
+            if variant == "compile_aux":
+                nets = (nets[0], torch.compile(nets[1]), nets[2])
+                t_c = time.perf_counter()
             b = random_batch(cfg, k, args.batch_labeled, args.batch_labeled * args.ratio, device)
             scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+            if variant == "compile_aux":  # compiling happens on the first steps; time it apart from the steady ones
+                run_steps(cfg, nets, itertools.repeat(b), 1, device, scaler)
+                note["compile_s"] = time.perf_counter() - t_c
+                print(f"{algo}: compile and first steps {note['compile_s']:.1f} s")
             res, wall = run_steps(cfg, nets, itertools.repeat(b), args.steps, device, scaler)
             per = wall / max(1, res.steps)
             clips = args.batch_labeled * (1 + args.ratio)
@@ -115,9 +158,10 @@ def compute_bench(args, device, k):
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             ms[(amp, algo)] = per * 1e3
             rows.append(f"| {algo} | {amp} | {per * 1e3:.1f} | {clips / per:.1f} | {mem:.1f} | {mfu:.3f} |")
+            print(f"measured {rows[-1]}", flush=True)  # at once: a run cut off by a time limit keeps its rows
             recs.append({"algo": algo, "amp": amp, "ms_per_step": per * 1e3, "clips_per_s": clips / per,
                          "peak_gib": mem if device.type == "cuda" else None, "mfu": mfu, "steps": res.steps, "batch_labeled": args.batch_labeled,
-                         "batch_unlabeled": args.batch_labeled * args.ratio})
+                         "batch_unlabeled": args.batch_labeled * args.ratio, **note})
             del nets, b
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -126,7 +170,9 @@ def compute_bench(args, device, k):
     print("| algo | amp | ms/step | clips/s | peak GiB | MFU |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
     for amp in args.amp:
-        print(f"cmpl_vs_fixmatch_step[{amp}]: {ms[(amp, 'cmpl')] / ms[(amp, 'fixmatch')]:.3f}")
+        for algo in sorted(a for (m, a) in ms if m == amp and a.startswith("cmpl")):
+            tag = amp if algo == "cmpl" else f"{amp},{algo.partition('+')[2]}"
+            print(f"cmpl_vs_fixmatch_step[{tag}]: {ms[(amp, algo)] / ms[(amp, 'fixmatch')]:.3f}")
     return recs
 
 
@@ -229,6 +275,8 @@ def main() -> int:
     ap.add_argument("--skip-compute", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--json", default=None, help="also write the compute rows to this JSON file")
+    ap.add_argument("--aux-variants", nargs="*", default=[], choices=["aux_stream", "compile_aux"],
+                    help="extra CMPL rows with the auxiliary on a second CUDA stream / torch.compile'd")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -260,7 +260,8 @@ def main() -> int:
         import bench_gpu
 
         ns = argparse.Namespace(preset=args.preset, overrides=sets, amp=[amp], batch_labeled=b_l, ratio=args.ratio,
-                                steps=args.bench_steps, peak_tflops=989.0)
+                                steps=args.bench_steps, peak_tflops=989.0,
+                                aux_variants=["aux_stream"] if dev.type == "cuda" else [])
         bench = bench_gpu.compute_bench(ns, dev, k)
         ms_gpu = {r["algo"]: r["ms_per_step"] for r in bench}
         record({"kind": "bench", "device": dev_name, "preset": args.preset, "rows": bench})

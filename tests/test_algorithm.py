@@ -259,3 +259,49 @@ def test_bn_split_equals_clean_without_batchnorm():
         grads.append((loss.item(), net_f.weight.grad.clone(), net_a.weight.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0])
     assert torch.allclose(grads[0][1], grads[1][1]) and torch.allclose(grads[0][2], grads[1][2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a second CUDA stream needs a GPU")
+def test_aux_stream_same_loss_and_gradients_as_one_stream():
+    """``train.aux_stream`` only moves the auxiliary's kernels to another stream: loss and gradients unchanged."""
+    from cmpl_ray.models import build_model
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    net_f, net_a = build_model("tiny", 4, 1.0, 0.0).to(dev), build_model("tiny", 4, 0.5, 0.0).to(dev)
+    batch = {n: torch.randn(3, 3, 4, 16, 16, device=dev) for n in
+             ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+    batch.update(y_l=torch.randint(0, 4, (3,), device=dev), y_u=torch.randint(0, 4, (3,), device=dev))
+    out = []
+    for stream in (None, torch.cuda.Stream(dev)):
+        net_f.zero_grad(set_to_none=True)
+        net_a.zero_grad(set_to_none=True)
+        loss, _ = compute_objective(net_f, net_a, batch, algo="cmpl", threshold=0.0, aux_stream=stream)
+        loss.backward()
+        torch.cuda.synchronize()
+        out.append((loss.item(), [p.grad.clone() for p in list(net_f.parameters()) + list(net_a.parameters())]))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    assert all(torch.allclose(g0, g1, rtol=1e-4, atol=1e-6) for g0, g1 in zip(out[0][1], out[1][1]))
+
+
+def test_aux_stream_is_accepted_and_ignored_on_cpu():
+    """On CPU the flag changes nothing: the same step, bit for bit, and the run identity ignores it."""
+    from cmpl_ray.config import load_config
+    from cmpl_ray.train.identity import VOLATILE_KEYS
+    from cmpl_ray.train.loop import train_one_epoch
+
+    assert "train.aux_stream" in VOLATILE_KEYS
+    res = []
+    for flag in ("false", "true"):
+        cfg = load_config("demo", overrides=[f"train.aux_stream={flag}", "algo.threshold=0.01"])
+        assert cfg.train.aux_stream is (flag == "true")
+        torch.manual_seed(0)
+        net_f, net_a = (nn.Sequential(nn.Flatten(), nn.Linear(12, 4)) for _ in range(2))
+        batch = {n: torch.randint(0, 255, (2, 3, 1, 2, 2), dtype=torch.uint8) for n in
+                 ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+        batch.update(y_l=torch.tensor([0, 1]), y_u=torch.tensor([2, 3]))
+        opt = torch.optim.SGD(list(net_f.parameters()) + list(net_a.parameters()), lr=0.1)
+        train_one_epoch(net_f, net_a, opt, [batch], cfg, epoch=5, steps=1, global_step=0, total_steps=10,
+                        device=torch.device("cpu"))
+        res.append(torch.cat([p.detach().flatten() for p in list(net_f.parameters()) + list(net_a.parameters())]))
+    assert torch.equal(res[0], res[1])

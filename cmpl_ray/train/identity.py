@@ -31,7 +31,7 @@ from ..data.lists import _read_text as _read_list_text, _write_text as _write_li
 FILE = "cmpl-run.json"
 VOLATILE_PREFIXES = ("run.", "tracking.")
 VOLATILE_KEYS = frozenset({"train.log_every", "train.cpus_per_worker", "train.threads_per_worker",
-                           "train.max_bad_steps", "data.decode_actors", "data.cpus_per_decoder",
+                           "train.max_bad_steps", "train.aux_stream", "data.decode_actors", "data.cpus_per_decoder",
                            "data.decode_timeout_s"})
 """Changing these changes where results go or how fast they come, not what is trained (a run may move to a
 bigger machine or get more decoders and still resume: a clip depends on its row's key, not on its decoder,

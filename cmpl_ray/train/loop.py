@@ -119,6 +119,8 @@ def train_one_epoch(
     use_amp = cfg.train.amp != "none" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
     channels_last = cfg.train.channels_last and device.type == "cuda"
+    aux_stream = (torch.cuda.Stream(device) if cfg.train.aux_stream and device.type == "cuda" and aux is not None
+                  and cfg.algo.name == "cmpl" else None)
     bad_in_a_row = 0
     t0 = time.perf_counter()
     window_t, window_clips = t0, 0
@@ -139,7 +141,7 @@ def train_one_epoch(
             loss, stats = compute_objective(
                 primary, aux, x, algo=cfg.algo.name, scheme=cfg.algo.scheme, threshold=cfg.algo.threshold,
                 lambda_u=lam, aux_supervised=cfg.algo.aux_supervised, aux_unsupervised=cfg.algo.aux_unsupervised,
-                bn_mode=cfg.algo.bn_mode,
+                bn_mode=cfg.algo.bn_mode, aux_stream=aux_stream,
             )
         optimizer.zero_grad(set_to_none=True)
         if _any_nonfinite(loss):
