@@ -99,17 +99,18 @@ def compare_markdown(records: list[dict], family: str, labels: str, tags: list[s
     return md
 
 
-def summary_markdown(records: list[dict], families: list[str], labels: str, tags: list[str]) -> str:
+def summary_markdown(records: list[dict], families: list[str], labels: str, tags: list[str],
+                     cmpl: str = "cmpl") -> str:
     """``--compare TAGS --summary``: the suite summary (one row per family, paired margins, how many tuned
     families each margin holds on) from the Ray-free runs; the all-labels column is each family's latest
-    supervised run with every label and the same preset (any tag). Another CMPL scheme (``cmpl-maximum``) is
-    left to the per-family tables: the summary is about the paper's method as shipped."""
+    supervised run with every label and the same preset (any tag). ``cmpl`` names the method shown in the CMPL
+    columns: the paper's ``cross`` scheme by default, or a variant such as ``cmpl-maximum`` (its runs only)."""
     from compare_suite import summary_table
 
     rows = {}
     for fam in families:
-        fam_rows = [r for r in study_rows(records, fam, labels, tags)
-                    if r["algo"] in ("supervised", "fixmatch", "cmpl")]
+        fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r for r in study_rows(records, fam, labels, tags)
+                    if r["algo"] in ("supervised", "fixmatch", cmpl)]
         presets = {r["_rec"].get("preset") for r in fam_rows}
         full = [r for r in records if r.get("family") == fam and str(r.get("labels")) == "all"
                 and r.get("algo") == "supervised" and not r.get("overrides") and r.get("preset") in presets]
@@ -118,6 +119,7 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
         if fam_rows:
             rows[fam] = fam_rows
     seeds = sorted({r["seed"] for rs in rows.values() for r in rs if r["algo"] != "all-labels"})
-    title = f"Ray-free runs, {labels} labels/class, tags {', '.join(tags)}, seeds {seeds}"
+    title = (f"Ray-free runs, {labels} labels/class, tags {', '.join(tags)}, seeds {seeds}"
+             + ("" if cmpl == "cmpl" else f"; CMPL = {cmpl}"))
     return summary_table(rows, families, title,
                          details=f"`recipe_study.py --compare {' '.join(tags)} --labels {labels}` (without --summary)")

@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--table", action="store_true", help="print the results so far and exit")
     ap.add_argument("--compare", nargs="+", metavar="TAG", help="print the seed-paired comparison of these tags")
     ap.add_argument("--summary", action="store_true", help="with --compare: one row per family (suite summary)")
+    ap.add_argument("--cmpl-variant", default="cmpl", metavar="METHOD",
+                    help="with --summary: the method in the CMPL column, e.g. cmpl-maximum (default: the paper's cross)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
@@ -84,7 +86,7 @@ def main() -> int:
         given = args.families != ap.get_default("families")
         fams = args.families if given else [f for f in FAMILIES if any(r["family"] == f for r in records)]
         if args.summary:
-            print(summary_markdown(records, fams, args.labels, args.compare))
+            print(summary_markdown(records, fams, args.labels, args.compare, cmpl=args.cmpl_variant))
             return 0
         for fam in fams:
             print(compare_markdown(records, fam, args.labels, args.compare, args.data))

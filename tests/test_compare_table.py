@@ -168,6 +168,12 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     assert "99.0" not in md and "11.0" not in md  # another scheme, another preset's ceiling
     assert "| speed | no | - | - | not run |" in md
     assert "- cmpl > fixmatch on 1/2 tuned families (1 tied); held-out `heldout`: -5.0" in md  # scale: both 100
+    # --cmpl-variant cmpl-maximum: the maximum runs fill the CMPL columns; the cross runs are left out
+    md = recipe_compare.summary_markdown(recs, ["direction", "speed", "scale", "heldout"], "10", ["study"],
+                                         cmpl="cmpl-maximum")
+    assert "CMPL = cmpl-maximum" in md and "| 47.0 (2.8) | 99.0 (0.0) |" in md and "55.0" not in md
+    assert "| heldout | yes | 6 | 1 |" in md and "| 40.0 (0.0) | - |" in md  # heldout has no maximum run
+    assert "\n- cmpl > fixmatch on 1/1 tuned families\n" in md
 
 
 def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
