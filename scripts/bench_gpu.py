@@ -19,7 +19,8 @@ strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is
 ``--set`` overrides the preset (the networks, clip shape and crop the bench measures); ``--json`` also writes the
 compute rows as a JSON list. ``--aux-variants`` adds CMPL rows with the auxiliary's cost hidden two ways (issue 18):
 ``aux_stream`` (``train.aux_stream``: its forward/backward on a second CUDA stream; first checks that the gradients
-match the one-stream step's) and ``compile_aux`` (``torch.compile`` of the auxiliary, compile time reported apart). ``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
+match the one-stream step's) and ``compile_aux`` (``torch.compile`` of the auxiliary, compile time reported apart).
+``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
 """
 
 from __future__ import annotations

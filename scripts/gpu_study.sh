@@ -14,7 +14,8 @@
 # First (not with --smoke) bench_gpu.py's paper-scale step with the auxiliary's cost hidden two ways, capped at
 # GPU_STUDY_AUX_S seconds (default 150; 0 skips it): $OUT/bench_aux.{txt,json}.
 # Any other argument goes to scripts/gpu_study.py (--help lists them). GPU_STUDY_LIMIT_S (default 560, from the
-# wrapper's start) is a hard stop a little below the device tool's 600 s; the study's own --budget-s (480) plans inside it.
+# wrapper's start) is a hard stop a little below the device tool's 600 s; the study's own --budget-s (480)
+# plans inside it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export GPU_STUDY_T0
