@@ -126,20 +126,21 @@ def compute_bench(args, device, k):
     """Prints the compute table; returns one dict per (amp, algo): ms/step, clips/s, peak GiB, MFU."""
     rows, ms, recs = [], {}, []
     variants = list(getattr(args, "aux_variants", None) or [])
+    sets = list(getattr(args, "overrides", None) or [])
     for amp in args.amp:
         for algo in ["cmpl", "fixmatch"] + [f"cmpl+{v}" for v in variants]:
             base, _, variant = algo.partition("+")
             extra = ["train.aux_stream=true"] if variant == "aux_stream" else []
-            cfg = load_config(args.preset, overrides=list(getattr(args, "overrides", None) or [])
-                              + [f"algo.name={base}", f"train.amp={amp}", "algo.threshold=0.05"] + extra)
+            cfg = load_config(args.preset, overrides=sets + [f"algo.name={base}", f"train.amp={amp}",
+                                                             "algo.threshold=0.05"] + extra)
             note = {}
             if variant == "aux_stream":
                 if device.type != "cuda":
                     print(f"{algo}: skipped, a second stream needs CUDA")
                     continue
                 note["grad_rel_diff_vs_one_stream"] = stream_grad_check(
-                    load_config(args.preset, overrides=list(getattr(args, "overrides", None) or [])),
-                    k, args.batch_labeled, args.batch_labeled * args.ratio, device)
+                    load_config(args.preset, overrides=sets), k, args.batch_labeled,
+                    args.batch_labeled * args.ratio, device)
                 print(f"{algo}: gradients vs one stream, max |diff| / max |grad| = "
                       f"{note['grad_rel_diff_vs_one_stream']:.2e}")
             nets = networks(cfg, k, device)
