@@ -18,26 +18,29 @@ from compare_algorithms import _mean_std, results_markdown
 COMMON = ("algo.unlabeled_ratio",)
 
 
-def method_label(rec: dict) -> str:
-    """supervised / fixmatch / cmpl, with the scheme (cmpl-maximum) and any other method override appended."""
+def method_label(rec: dict, common: tuple[str, ...] = COMMON) -> str:
+    """supervised / fixmatch / cmpl, with the scheme (cmpl-maximum) and any other method override appended;
+    overrides of a ``common`` key describe the whole study (e.g. ``model.primary_width`` for a wider-primary
+    study) and are left out, so its runs pair up as supervised / fixmatch / cmpl."""
     label = rec["algo"]
     extra = []
     for o in rec.get("overrides", []):
         key, _, val = o.partition("=")
         if key == "algo.scheme" and label == "cmpl":
             label = f"cmpl-{val}"
-        elif key not in COMMON:
+        elif key not in common:
             extra.append(o)
     return label + (f"[{','.join(extra)}]" if extra else "")
 
 
-def study_rows(records: list[dict], family: str, labels: str, tags: list[str]) -> list[dict]:
+def study_rows(records: list[dict], family: str, labels: str, tags: list[str],
+               common: tuple[str, ...] = COMMON) -> list[dict]:
     """compare_algorithms rows of the selected runs; a later run replaces an earlier one of the same method+seed."""
     rows: dict[tuple, dict] = {}
     for r in records:
         if r.get("family") != family or str(r.get("labels")) != str(labels) or r.get("tag") not in tags:
             continue
-        label = method_label(r)
+        label = method_label(r, common)
         rows.pop((label, r["seed"]), None)
         rows[(label, r["seed"])] = {
             "algo": label, "seed": r["seed"], "val_top1": r.get("val_top1"), "val_top5": r.get("val_top5"),
@@ -82,8 +85,9 @@ def per_class_markdown(rows: list[dict], class_names: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def compare_markdown(records: list[dict], family: str, labels: str, tags: list[str], data: str = "") -> str:
-    rows = study_rows(records, family, labels, tags)
+def compare_markdown(records: list[dict], family: str, labels: str, tags: list[str], data: str = "",
+                     common: tuple[str, ...] = COMMON) -> str:
+    rows = study_rows(records, family, labels, tags, common)
     if not rows:
         return f"# {family}, {labels} labels/class: no runs with tags {tags}\n"
     seeds = sorted({r["seed"] for r in rows})
@@ -100,7 +104,7 @@ def compare_markdown(records: list[dict], family: str, labels: str, tags: list[s
 
 
 def summary_markdown(records: list[dict], families: list[str], labels: str, tags: list[str],
-                     cmpl: str = "cmpl") -> str:
+                     cmpl: str = "cmpl", common: tuple[str, ...] = COMMON) -> str:
     """``--compare TAGS --summary``: the suite summary (one row per family, paired margins, how many tuned
     families each margin holds on) from the Ray-free runs; the all-labels column is each family's latest
     supervised run with every label and the same preset (any tag). ``cmpl`` names the method shown in the CMPL
@@ -109,7 +113,7 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
 
     rows = {}
     for fam in families:
-        fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r for r in study_rows(records, fam, labels, tags)
+        fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r for r in study_rows(records, fam, labels, tags, common)
                     if r["algo"] in ("supervised", "fixmatch", cmpl)]
         presets = {r["_rec"].get("preset") for r in fam_rows}
         full = [r for r in records if r.get("family") == fam and str(r.get("labels")) == "all"
@@ -121,5 +125,6 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
     seeds = sorted({r["seed"] for rs in rows.values() for r in rs if r["algo"] != "all-labels"})
     title = (f"Ray-free runs, {labels} labels/class, tags {', '.join(tags)}, seeds {seeds}"
              + ("" if cmpl == "cmpl" else f"; CMPL = {cmpl}"))
-    return summary_table(rows, families, title,
-                         details=f"`recipe_study.py --compare {' '.join(tags)} --labels {labels}` (without --summary)")
+    keys = "".join(f" --study-key {k}" for k in common if k not in COMMON)
+    return summary_table(rows, families, title, details=f"`recipe_study.py --compare {' '.join(tags)} --labels "
+                                                        f"{labels}{keys}` (without --summary)")

@@ -76,20 +76,24 @@ def main() -> int:
     ap.add_argument("--summary", action="store_true", help="with --compare: one row per family (suite summary)")
     ap.add_argument("--cmpl-variant", default="cmpl", metavar="METHOD",
                     help="with --summary: the method in the CMPL column, e.g. cmpl-maximum (default: the paper's cross)")
+    ap.add_argument("--study-key", action="append", default=[], metavar="KEY",
+                    help="with --compare: an override key that describes the whole study, not a method (e.g. "
+                         "model.primary_width), so those runs pair up as supervised / fixmatch / cmpl")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
     if args.compare:
-        from recipe_compare import compare_markdown, summary_markdown  # scripts/ is on sys.path when this runs
+        from recipe_compare import COMMON, compare_markdown, summary_markdown  # scripts/ is on sys.path here
 
         records = [json.loads(line) for line in open(res_path)]
         given = args.families != ap.get_default("families")
         fams = args.families if given else [f for f in FAMILIES if any(r["family"] == f for r in records)]
         if args.summary:
-            print(summary_markdown(records, fams, args.labels, args.compare, cmpl=args.cmpl_variant))
+            print(summary_markdown(records, fams, args.labels, args.compare, cmpl=args.cmpl_variant,
+                                   common=COMMON + tuple(args.study_key)))
             return 0
         for fam in fams:
-            print(compare_markdown(records, fam, args.labels, args.compare, args.data))
+            print(compare_markdown(records, fam, args.labels, args.compare, args.data, COMMON + tuple(args.study_key)))
         return 0
     if args.table:
         for line in open(res_path):

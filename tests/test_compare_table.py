@@ -140,6 +140,14 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     recs += [_rec("cmpl", s, v) for s, v in ((0, 20.0), (1, 50.0))]  # the paper's cross scheme
     md = recipe_compare.compare_markdown(recs, "fam", "10", ["study", "max"], str(tmp_path))
     assert "| cmpl-maximum - cmpl | +0.00 | +10.0, -10.0 |" in md
+    # a study-wide override (a wider primary for every method): left out of the labels when named a study key
+    wide = [_rec(a, s, v, tag="w2", overrides=["model.primary_width=2"])
+            for a, vs in (("fixmatch", (10.0, 20.0)), ("cmpl", (15.0, 30.0))) for s, v in enumerate(vs)]
+    md = recipe_compare.compare_markdown(wide, "fam", "10", ["w2"], str(tmp_path))
+    assert "fixmatch[model.primary_width=2]" in md and "| cmpl - fixmatch |" not in md
+    md = recipe_compare.compare_markdown(wide, "fam", "10", ["w2"], str(tmp_path),
+                                         recipe_compare.COMMON + ("model.primary_width",))
+    assert "| cmpl - fixmatch | +7.50 | +5.0, +10.0 |" in md and "primary_width" not in md
 
 
 def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
