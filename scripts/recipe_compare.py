@@ -116,8 +116,12 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
         fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r for r in study_rows(records, fam, labels, tags, common)
                     if r["algo"] in ("supervised", "fixmatch", cmpl)]
         presets = {r["_rec"].get("preset") for r in fam_rows}
+        # the ceiling shares the study's own overrides (e.g. model.primary_width=2), and only those
+        study = sorted({o for r in fam_rows for o in r["_rec"].get("overrides", [])
+                        if o.partition("=")[0] in common and o.partition("=")[0] not in COMMON})
         full = [r for r in records if r.get("family") == fam and str(r.get("labels")) == "all"
-                and r.get("algo") == "supervised" and not r.get("overrides") and r.get("preset") in presets]
+                and r.get("algo") == "supervised" and sorted(r.get("overrides") or []) == study
+                and r.get("preset") in presets]
         if full:
             fam_rows.append({"algo": "all-labels", "seed": full[-1]["seed"], "val_top1": full[-1].get("val_top1")})
         if fam_rows:

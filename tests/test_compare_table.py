@@ -182,6 +182,15 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     assert "CMPL = cmpl-maximum" in md and "| 47.0 (2.8) | 99.0 (0.0) |" in md and "55.0" not in md
     assert "| heldout | yes | 6 | 1 |" in md and "| 40.0 (0.0) | - |" in md  # heldout has no maximum run
     assert "\n- cmpl > fixmatch on 1/1 tuned families\n" in md
+    # --study-key model.primary_width: a wider-primary study pairs up, and its ceiling is the wide every-label run
+    wide = ["model.primary_width=2"]
+    recs += [rec("direction", a, s, v, tag="w2", overrides=wide)
+             for a, vs in (("supervised", (60, 70)), ("fixmatch", (61, 71)), ("cmpl", (65, 75))) for s, v in enumerate(vs)]
+    recs += [{**rec("direction", "supervised", 0, 88.0), "labels": "all", "overrides": wide}]
+    md = recipe_compare.summary_markdown(recs, ["direction"], "10", ["w2"],
+                                         common=recipe_compare.COMMON + ("model.primary_width",))
+    assert "| direction | no | 6 | 2 | 88.0 (0.0) | 65.0 (7.1) | 66.0 (7.1) | 70.0 (7.1) |" in md
+    assert "97.0" not in md and "--study-key model.primary_width" in md
 
 
 def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
