@@ -113,7 +113,8 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
 
     rows = {}
     for fam in families:
-        fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r for r in study_rows(records, fam, labels, tags, common)
+        fam_rows = [dict(r, algo="cmpl") if r["algo"] == cmpl else r
+                    for r in study_rows(records, fam, labels, tags, common)
                     if r["algo"] in ("supervised", "fixmatch", cmpl)]
         presets = {r["_rec"].get("preset") for r in fam_rows}
         # the ceiling shares the study's own overrides (e.g. model.primary_width=2), and only those

@@ -185,7 +185,8 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     # --study-key model.primary_width: a wider-primary study pairs up, and its ceiling is the wide every-label run
     wide = ["model.primary_width=2"]
     recs += [rec("direction", a, s, v, tag="w2", overrides=wide)
-             for a, vs in (("supervised", (60, 70)), ("fixmatch", (61, 71)), ("cmpl", (65, 75))) for s, v in enumerate(vs)]
+             for a, vs in (("supervised", (60, 70)), ("fixmatch", (61, 71)), ("cmpl", (65, 75)))
+             for s, v in enumerate(vs)]
     recs += [{**rec("direction", "supervised", 0, 88.0), "labels": "all", "overrides": wide}]
     md = recipe_compare.summary_markdown(recs, ["direction"], "10", ["w2"],
                                          common=recipe_compare.COMMON + ("model.primary_width",))
