@@ -58,6 +58,7 @@ def test_set_overrides_types():
     ("model.primary_arch=r101", "model.primary_arch"), ("train.epochs=ten", "train.epochs"),
     ("data.weak_flip=maybe", "data.weak_flip"), ("data.train_short_side=[10]", "data.train_short_side"),
     ("optim.lr=0", "optim.lr"), ("run.name=a/b", "run.name"), ("data.eval_crops=2", "data.eval_crops"),
+    ("data.val_decode=threads", "data.val_decode"),
 ])
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import ray
+import torch
 
 from cmpl_ray.config import load_config
 from cmpl_ray.data.lists import VideoItem, read_list
@@ -146,7 +147,13 @@ def test_all_unreadable_list_fails_fast_with_a_clear_error(tmp_path):
 def test_val_batches_without_auxiliary(synth_root):
     cfg = small_cfg(synth_root, **{"algo.name": "fixmatch"})
     items = read_list(os.path.join(synth_root, "val.txt"))[:3]
-    batches = list(iter_val_batches(cfg, items, 4, with_aux=False, batch_size=2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batches = list(iter_val_batches(cfg, items, 4, with_aux=False, batch_size=2))
+        assert torch.get_num_threads() == 2  # a worker decoding its own evaluation keeps its intra-op threads
+    finally:
+        torch.set_num_threads(before)
     assert [tuple(b["v_p"].shape) for b in batches] == [(2, 2, 3, 4, 32, 32), (1, 2, 3, 4, 32, 32)]
     assert all("v_a" not in b for b in batches)
 
@@ -171,3 +178,13 @@ def test_val_dataset_streamed_to_two_ranks_is_exact(synth_root, local_ray):
     assert [(v, e) for i, v, e in rows if i == -1] == [(False, 98)]  # exactly one padding row
     b = got[0][0]
     assert tuple(b["v_p"].shape[1:]) == (2, 3, 4, 32, 32) and tuple(b["v_a"].shape[1:]) == (2, 3, 8, 32, 32)
+    # data.val_decode=worker (each rank decodes items[rank::world] itself) gives the same clips, so the same
+    # numbers: compare every video's views, matched by label order within the same video positions
+    streamed = {int(i): (vp, va) for r in range(2) for b in got[r]
+                for i, vp, va in zip(b["index"], b["v_p"], b["v_a"]) if int(i) >= 0}
+    in_worker = [(vp, va) for rank in range(2)
+                 for b in iter_val_batches(cfg, items, 4, True, rank=rank, world=2, batch_size=2, threads=2)
+                 for vp, va in zip(b["v_p"], b["v_a"])]
+    order = [i for rank in range(2) for i in range(7)[rank::2]]
+    for i, (vp, va) in zip(order, in_worker, strict=True):
+        assert torch.equal(vp, streamed[i][0]) and torch.equal(va, streamed[i][1]), f"video {i} differs"

@@ -77,6 +77,7 @@ def test_two_worker_run_writes_metrics_and_mlflow(trained):
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(on_disk["mlflow_run_id"])
     assert run.data.params["algo.name"] == "cmpl" and run.data.params["train.num_workers"] == "2"
+    assert run.data.params["derived.val_decode"] == "worker"  # auto: 8 val videos, each rank decodes its 4
     for key in ("val_top1", "aux_val_top1", "train/loss_u_f", "train/mask_rate_a", "train/pl_correct_ratio_f",
                 "train/lr", "train/clips_per_s", "skipped_samples"):
         assert key in run.data.metrics, key
@@ -147,7 +148,8 @@ def _kill_a_worker_after_first_checkpoint(storage, stop):
 
 
 def test_worker_killed_mid_run_resumes(synth_root, splits, tmp_path, local_ray):
-    cfg = make_cfg(synth_root, splits, tmp_path, **{"train.epochs": 2, "run.name": "killed"})
+    # the Ray Data evaluation path (data.val_decode=ray_data) through a restart; the other tests use the default
+    cfg = make_cfg(synth_root, splits, tmp_path, **{"train.epochs": 2, "run.name": "killed", "data.val_decode": "ray_data"})
     stop = threading.Event()
     result = {}
     t = threading.Thread(target=lambda: result.update(

@@ -123,6 +123,11 @@ class DataConfig:
     """A video whose decode takes longer is skipped and counted."""
     cpus_per_decoder: float = 1.0
     """CPUs reserved by each decode actor."""
+    val_decode: str = "auto"
+    """Who decodes the training-time evaluation: ``worker`` (each Train worker decodes its share of the val list
+    in threads, as PySlowFast's loaders do: no start-up per evaluation), ``ray_data`` (a Ray Data actor pool
+    per evaluation, spread over the cluster: for long val lists) or ``auto`` (``worker`` up to 1000 videos per
+    worker). Same clips and numbers either way."""
 
     def __post_init__(self) -> None:
         _check(self.raw_clip_len >= 1, "data.raw_clip_len", f"must be >= 1, got {self.raw_clip_len}")
@@ -158,6 +163,8 @@ class DataConfig:
         _check(self.decode_batch >= 1, "data.decode_batch", f"must be >= 1, got {self.decode_batch}")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", f"must be > 0, got {self.decode_timeout_s}")
         _check(self.cpus_per_decoder > 0, "data.cpus_per_decoder", f"must be > 0, got {self.cpus_per_decoder}")
+        _check(self.val_decode in ("auto", "worker", "ray_data"), "data.val_decode",
+               f"must be auto, worker or ray_data, got {self.val_decode!r}")
 
 
 @dataclass

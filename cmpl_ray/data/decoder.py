@@ -68,10 +68,12 @@ class ClipDecoder:
 
     def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
                  labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
-                 ratio: int = 0, flip_map: list[int] | None = None, per_epoch: int = 0, clock: Any = None):
+                 ratio: int = 0, flip_map: list[int] | None = None, per_epoch: int = 0, clock: Any = None,
+                 one_thread: bool = True):
         import torch
 
-        torch.set_num_threads(1)  # one decode actor = one core; parallelism comes from the pool
+        if one_thread:  # one decode actor = one core; parallelism comes from the pool. In-process users (the
+            torch.set_num_threads(1)  # Ray-free runner, a worker's own evaluation) keep their threads: False
         self.mode, self.dc, self.k, self.with_aux = mode, DataConfig(**data_cfg), num_classes, with_aux
         self.rng = np.random.default_rng(seed)  # unkeyed rows only (tests, benchmarks): never the training path
         self.seed, self.labeled, self.unlabeled = seed, labeled or [], unlabeled or []

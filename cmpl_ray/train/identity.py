@@ -32,7 +32,7 @@ FILE = "cmpl-run.json"
 VOLATILE_PREFIXES = ("run.", "tracking.")
 VOLATILE_KEYS = frozenset({"train.log_every", "train.cpus_per_worker", "train.threads_per_worker",
                            "train.max_bad_steps", "train.aux_stream", "data.decode_actors", "data.cpus_per_decoder",
-                           "data.decode_timeout_s"})
+                           "data.decode_timeout_s", "data.val_decode"})
 """Changing these changes where results go or how fast they come, not what is trained (a run may move to a
 bigger machine or get more decoders and still resume: a clip depends on its row's key, not on its decoder,
 see cmpl_ray/data/epochs.py). ``data.decode_batch`` is not among them: it sets the block size that

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import Config
 from ..data.epochs import start_clock
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
-                             resolve_flip_map, steps_per_epoch)
+                             resolve_flip_map, steps_per_epoch, val_decode_mode)
 from . import console, identity, mlflow_run, tracking
 
 
@@ -194,8 +194,10 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     ensure_ray(log_file=os.path.join(out_dir, console.LOG_NAME))
     clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
     datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock,
-                                             epochs=cfg.train.epochs),
-                "val": build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)}
+                                             epochs=cfg.train.epochs)}
+    val_mode = val_decode_mode(cfg, len(val), world)  # worker: each rank decodes its val share, no pool per eval
+    if val_mode == "ray_data":
+        datasets["val"] = build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)
 
     os.makedirs(out_dir, exist_ok=True)
     run_id = None
@@ -207,7 +209,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         if run_id is None:
             params = {**cfg.flat(), "derived.fingerprint": fp, "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
                       "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
-                      "derived.num_val": len(val)}
+                      "derived.num_val": len(val), "derived.val_decode": val_mode}
             run_id = mlflow_run.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
             mlflow_run.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs
         elif verbose:
@@ -216,7 +218,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     if verbose:
         print(f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
               f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
-              f"{steps} steps/epoch x {cfg.train.epochs} epochs", flush=True)
+              f"{steps} steps/epoch x {cfg.train.epochs} epochs; evaluation decoded "
+              f"{'in the workers' if val_mode == 'worker' else 'by Ray Data'}", flush=True)
 
     relay = None
     if run_id:  # rank 0 logs through an actor on the head node, where the store is reachable (see relay.py)
@@ -226,7 +229,8 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
                    "identity": ident, "epoch_clock": clock,
-                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]}}
+                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]},
+                   "val_decode": val_mode, "val_items": [(it.path, it.label) for it in val] if val_mode == "worker" else None}
     board = _start_board() if live and verbose else None
     loop_config["progress_board"] = board
     trainer = _trainer_class()(
@@ -242,7 +246,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "val"], execution_options={"train": _ordered()}),
+        dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options={"train": _ordered()}),
     )
     t0 = time.perf_counter()
     import ray

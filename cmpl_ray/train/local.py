@@ -90,7 +90,7 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, cfg.train.seed,
                       _pairs(labeled, cfg.data.root), _pairs(unlabeled, cfg.data.root) if semi else None, ratio,
-                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names))
+                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names), one_thread=False)
     total = steps * cfg.train.epochs
     history: list[dict[str, float]] = []
     counts = None

@@ -130,6 +130,21 @@ def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: in
         yield _flatten_unlabeled(batch)
 
 
+def _val_source(cfg: Config, config: dict[str, Any], num_classes: int, with_aux: bool, rank: int, world: int):
+    """A callable giving one evaluation's batches for this rank: decoded here in threads (``data.val_decode``
+    worker: items[rank::world], nothing to start) or read from the "val" shard (ray_data: a new actor pool per
+    evaluation). Both give every val video once over the ranks and the same clips."""
+    if config.get("val_decode") != "worker":
+        shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
+        return lambda: shard.iter_torch_batches(batch_size=2, prefetch_batches=2)
+    from ..data.lists import VideoItem
+    from ..data.pipeline import iter_val_batches
+
+    items = [VideoItem(p, y) for p, y in config["val_items"]]
+    threads = max(2, cfg.train.threads_per_worker or int(cfg.train.cpus_per_worker))
+    return lambda: iter_val_batches(cfg, items, num_classes, with_aux, rank, world, batch_size=2, threads=threads)
+
+
 def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool,
                      pseudo: dict[str, dict[str, list[float]]] | None = None) -> None:
     """Validation top-1 per class, and with ``pseudo`` the last epoch's pseudo-labels per class and network
@@ -225,7 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = config.get("epoch_clock")  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
-    val_shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
+    val_batches = _val_source(cfg, config, num_classes, aux is not None, rank, world)
     semi = cfg.algo.name != "supervised"
     metrics: dict[str, float] = {}
     counts = None
@@ -259,7 +274,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                        looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
-            batches = val_shard.iter_torch_batches(batch_size=2, prefetch_batches=2)
+            batches = val_batches()
             eval_p, eval_a = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
             counts = _all_reduce_counts(evaluate(eval_p, eval_a, batches, num_classes, device))
             ev = summarize_eval(counts, aux is not None)
