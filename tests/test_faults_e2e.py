@@ -6,6 +6,7 @@ what a user's Ctrl-\\ or a lost login node would, and the sockets checked are th
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_driver_killed_then_same_command_resumes(synth_root, tmp_path):
     write_list(str(tmp_path / "lab.txt"), lab)
     write_list(str(tmp_path / "unl.txt"), unl)
     args = _sets(synth_root, tmp_path / "lab.txt", tmp_path / "unl.txt", tmp_path, "dd",
-                 **{"train.epochs": 2, "train.steps_per_epoch": 2, "train.eval_every": 1})
+                 **{"train.epochs": 6, "train.steps_per_epoch": 2, "train.eval_every": 1})  # ~1 s epochs: the kill lands first
     with open(tmp_path / "run1.log", "w") as log:
         p = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)  # its own process group: the driver and the Ray it started
@@ -120,14 +121,15 @@ def test_driver_killed_then_same_command_resumes(synth_root, tmp_path):
     r = subprocess.run(_cmd(args), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert [h["epoch"] for h in m["history"]] == [1.0, 2.0]
-    assert [h["global_step"] for h in m["history"]] == [2.0, 4.0]
-    assert "[cmpl-ray] resumed at epoch 1 (step 2)" in r.stdout + r.stderr
+    assert [h["epoch"] for h in m["history"]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert [h["global_step"] for h in m["history"]] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    at = re.search(r"\[cmpl-ray\] resumed at epoch (\d+) \(step (\d+)\)", r.stdout + r.stderr)
+    assert at and 1 <= int(at[1]) < 6 and int(at[2]) == 2 * int(at[1]), (r.stdout + r.stderr)[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`cmpl.run_name` = 'dd'")
     assert len(runs) == 1 and runs[0].info.run_id == m["mlflow_run_id"]  # the same MLflow run continued
     steps = [x.step for x in client.get_metric_history(m["mlflow_run_id"], "train/loss")]
-    assert sorted(steps) == list(range(1, 5))  # no gap, no duplicate step across the driver's death
+    assert sorted(steps) == list(range(1, 13))  # no gap, no duplicate step across the driver's death
 
 
 def _listening(pids):

@@ -188,3 +188,15 @@ def test_val_dataset_streamed_to_two_ranks_is_exact(synth_root, local_ray):
     order = [i for rank in range(2) for i in range(7)[rank::2]]
     for i, (vp, va) in zip(order, in_worker, strict=True):
         assert torch.equal(vp, streamed[i][0]) and torch.equal(va, streamed[i][1]), f"video {i} differs"
+
+
+def test_val_decode_auto_picks_the_worker_for_short_lists():
+    from cmpl_ray.data.pipeline import VAL_IN_WORKER_MAX, val_decode_mode
+
+    cfg = load_config("demo")
+    assert cfg.data.val_decode == "auto"
+    assert val_decode_mode(cfg, 24, 1) == "worker"  # the demo, the suite: nothing to start per evaluation
+    assert val_decode_mode(cfg, 2 * VAL_IN_WORKER_MAX, 2) == "worker"  # per worker, not in all
+    assert val_decode_mode(cfg, 2 * VAL_IN_WORKER_MAX + 1, 2) == "ray_data"  # UCF-101's 3783 on 8 GPUs: the pool
+    for mode in ("worker", "ray_data"):
+        assert val_decode_mode(load_config("demo", overrides=[f"data.val_decode={mode}"]), 10**6 if mode == "worker" else 1, 1) == mode

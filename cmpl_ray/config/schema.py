@@ -126,7 +126,7 @@ class DataConfig:
     val_decode: str = "auto"
     """Who decodes the training-time evaluation: ``worker`` (each Train worker decodes its share of the val list
     in threads, as PySlowFast's loaders do: no start-up per evaluation), ``ray_data`` (a Ray Data actor pool
-    per evaluation, spread over the cluster: for long val lists) or ``auto`` (``worker`` up to 1000 videos per
+    per evaluation, spread over the cluster: for long val lists) or ``auto`` (``worker`` up to 256 videos per
     worker). Same clips and numbers either way."""
 
     def __post_init__(self) -> None:
