@@ -69,7 +69,7 @@ def cmd_step(args) -> int:
     import torch
 
     from .algorithm import compute_objective
-    from .train.build import build_networks, make_optimizer
+    from .train.build import build_networks, make_optimizer, objective_kwargs
 
     cfg = _config(args)
     torch.manual_seed(cfg.train.seed)
@@ -84,8 +84,7 @@ def cmd_step(args) -> int:
     for v in ("weak", "strong"):
         batch[f"u_{v}_p"], batch[f"u_{v}_a"] = torch.randn(b_u, 3, tp, s, s), torch.randn(b_u, 3, ta, s, s)
     t0 = time.perf_counter()
-    loss, stats = compute_objective(primary, aux, batch, algo=cfg.algo.name, scheme=cfg.algo.scheme,
-                                    threshold=cfg.algo.threshold, lambda_u=cfg.algo.lambda_u)
+    loss, stats = compute_objective(primary, aux, batch, **objective_kwargs(cfg))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -149,16 +148,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Top-k per video. Exit 1 when no video could be read (a script must not take an empty answer for
+    success); when only some fail, exit 0 but say how many on stderr, so the count is not lost in the list."""
     from .train.inference import predict
 
-    for r in predict(args.checkpoint, args.videos, topk=args.topk, tracking_uri=args.tracking_uri):
+    results = predict(args.checkpoint, args.videos, topk=args.topk, tracking_uri=args.tracking_uri)
+    for r in results:
         if "error" in r:
             print(f"{r['video']}: cannot decode ({r['error']})")
             continue
         print(r["video"])
         for name, p in r["top"]:
             print(f"  {p:6.3f}  {name}")
-    return 0
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"cmpl-ray predict: {failed} of {len(results)} videos could not be read", file=sys.stderr)
+    return 1 if failed == len(results) else 0
 
 
 def cmd_tune(args) -> int:

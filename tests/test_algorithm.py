@@ -305,3 +305,21 @@ def test_aux_stream_is_accepted_and_ignored_on_cpu():
                         device=torch.device("cpu"))
         res.append(torch.cat([p.detach().flatten() for p in list(net_f.parameters()) + list(net_a.parameters())]))
     assert torch.equal(res[0], res[1])
+
+
+def test_objective_kwargs_covers_every_config_derived_parameter():
+    """Every keyword of compute_objective except the runtime ones comes from the config, in one place."""
+    import inspect
+
+    from cmpl_ray.config import load_config
+    from cmpl_ray.train.build import objective_kwargs
+
+    runtime = {"aux_stream"}  # a CUDA stream: chosen by the trainer, not the config
+    params = [n for n, p in inspect.signature(compute_objective).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    cfg = load_config("demo", overrides=["algo.bn_mode=concat", "algo.aux_supervised=false",
+                                         "algo.aux_unsupervised=false", "algo.scheme=maximum", "algo.lambda_u=3"])
+    kw = objective_kwargs(cfg)
+    assert set(kw) == set(params) - runtime
+    for name, value in kw.items():
+        assert value == getattr(cfg.algo, "name" if name == "algo" else name), name
+    assert objective_kwargs(cfg, lambda_u=0.5)["lambda_u"] == 0.5  # the warm-up's scheduled weight

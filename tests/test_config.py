@@ -87,3 +87,27 @@ def test_aux_same_resolves_to_primary():
     cfg = load_config("demo", overrides=["model.aux_arch=same", "model.primary_width=0.5"])
     assert cfg.aux_spec() == ("tiny", 0.5)
     assert Config().aux_spec() == ("r50", 0.25)
+
+
+@pytest.mark.parametrize("spec", ["right:left,left:up", "right:left,up:left", "a:b,b:c", "up:up", "right:left,right:up"])
+def test_flip_label_map_must_be_its_own_inverse(spec):
+    """A flip applied twice gives back the clip, so the label map must too: two classes onto one is refused."""
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", overrides=[f"data.flip_label_map={spec}"])
+    assert str(e.value).startswith("data.flip_label_map")
+
+
+@pytest.mark.parametrize("spec", ["right:left,orbit_cw:orbit_ccw", "right:left,left:right", "right:left, 2:3"])
+def test_flip_label_map_pairs_are_accepted(spec):
+    assert load_config("demo", overrides=[f"data.flip_label_map={spec}"]).data.flip_label_map == spec
+
+
+def test_flip_map_mixing_names_and_ids_is_checked_against_the_classes():
+    from cmpl_ray.data.pipeline import resolve_flip_map
+
+    names = ["right", "left", "up"]
+    assert resolve_flip_map("right:left,1:0", names) == [1, 0, 2]  # the same pair, once by name, once by id
+    with pytest.raises(ValueError, match="data.flip_label_map"):
+        resolve_flip_map("right:left,1:2", names)  # 'left' and 1 are the same class, in two pairs
+    with pytest.raises(ValueError, match="data.flip_label_map"):
+        resolve_flip_map("up:2", names)

@@ -6,6 +6,7 @@ the end summary) and Ray's own output in ``<output dir>/ray.log``, with no place
 """
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -56,6 +57,7 @@ def _run(root, tmp, *extra, **env):
 def _summary_present(out, tmp):
     assert "[cmpl-ray] done in " in out and "val top-1" in out and f"{tmp}/out  (metrics.json" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp}/mlflow.db" in out
+    assert json.loads((tmp / "out" / "metrics.json").read_text())["restarts"] == 0  # a crash is no pass
 
 
 def test_default_output_is_the_projects_lines_only(synth_root, tmp_path):

@@ -49,9 +49,10 @@ def _env():
 
 
 def test_corrupt_data_at_scale_every_bad_file_counted_once_no_good_sample_lost(synth_root, tmp_path, write_mp4):
-    """A third of the unlabeled list is bad (missing, zero-byte, truncated, audio-only = wrong codec, garbage);
-    plus one too-short video (looped, still used). Training finishes; each bad file is named once; the
-    skipped count is exact; every good clip trained (counted)."""
+    """A quarter of the unlabeled list is bad (missing, zero-byte, truncated, audio-only = wrong codec, garbage);
+    plus one too-short video (looped, still used) and one AV1 video (decord cannot open it; PyAV reads it).
+    Four epochs with ``run.max_failures=0``: training finishes with no restart; each bad file is named once;
+    the skipped count is exact; every good clip trained (counted); the run says which library read what."""
     import av
 
     items = read_list(os.path.join(synth_root, "train.txt"))
@@ -71,32 +72,40 @@ def test_corrupt_data_at_scale_every_bad_file_counted_once_no_good_sample_lost(s
         for p in s.encode(None):
             c.mux(p)
     write_mp4(str(bad_dir / "short.mp4"), np.full((5, 40, 40, 3), 90, np.uint8), 12)
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
+    with av.open(str(bad_dir / "av1.mp4"), "w") as c:  # as videos downloaded from YouTube today often are
+        s = c.add_stream("libsvtav1", rate=12)
+        s.width, s.height, s.pix_fmt, s.options = 64, 64, "yuv420p", {"preset": "12"}
+        for t in range(32):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * t, np.uint8), format="rgb24")))
+        c.mux(s.encode())
     bad = [str(bad_dir / n) for n in ("missing.mp4", "empty.mp4", "garbage.mp4", "truncated.mp4", "audio_only.mp4")]
-    # 16 good + 5 bad + 1 short + 2 more missing = 24 unlabeled rows -> 6 steps of 2 x 2 per epoch
+    # 16 good + 5 bad + 1 short + 1 AV1 + 1 more missing = 24 unlabeled rows -> 6 steps of 2 x 2 per epoch
     unl_items = list(unl) + [VideoItem(p, 0) for p in bad] + [VideoItem(str(bad_dir / "short.mp4"), 0)] + [
-        VideoItem(str(bad_dir / f"gone{i}.mp4"), 1) for i in range(2)]
-    n_bad = len(bad) + 2
+        VideoItem(str(bad_dir / "av1.mp4"), 2), VideoItem(str(bad_dir / "gone0.mp4"), 1)]
+    n_bad = len(bad) + 1
     write_list(str(tmp_path / "lab.txt"), lab)
     write_list(str(tmp_path / "unl.txt"), unl_items)
-    epochs = 2
+    epochs = 4  # a bad video in every epoch: each later epoch must still run (no restart allowed)
     r = subprocess.run(_cmd(_sets(synth_root, tmp_path / "lab.txt", tmp_path / "unl.txt", tmp_path, "corrupt",
                                   **{"train.epochs": epochs, "train.eval_every": 2, "train.steps_per_epoch": 0,
-                                     "train.passes": 0, "train.min_steps": 0})),
+                                     "train.passes": 0, "train.min_steps": 0, "run.max_failures": 0})),
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     steps = len(unl_items) // 4  # one pass over the unlabeled list per epoch (B_u = 4)
-    assert m["epochs"] == epochs
+    assert m["epochs"] == epochs and m["restarts"] == 0
+    assert m["files_read_by_pyav"] == 1  # the AV1 file, read every epoch, counted once
+    assert m["files_read_by_decord"] == len(lab) + len(unl) + 1  # every labeled and good unlabeled file + short
     assert m["skipped_samples"] == n_bad * epochs, m["bad_files"]
     assert sorted(m["bad_files"]) == sorted(f"u:{i}" for i in range(len(unl_items))
                                             if unl_items[i].path.endswith(("missing.mp4", "empty.mp4", "garbage.mp4",
-                                                                           "truncated.mp4", "audio_only.mp4", "gone0.mp4",
-                                                                           "gone1.mp4")))
+                                                                           "truncated.mp4", "audio_only.mp4", "gone0.mp4")))
     assert m["looped_samples"] == epochs  # the short video is looped and used, not dropped
     total = epochs * steps * 2 * (1 + 2)  # rows x (1 labeled + 2 unlabeled)
     assert m["good_samples"] == total - n_bad * epochs  # every good clip trained: nothing else lost
     log = r.stdout + r.stderr
-    for p in bad + [str(bad_dir / "gone0.mp4"), str(bad_dir / "gone1.mp4")]:
+    for p in bad + [str(bad_dir / "gone0.mp4")]:
         assert log.count(f"WARNING skipped {p}:") == 1, f"{p} not reported exactly once"
 
 
@@ -122,6 +131,7 @@ def test_driver_killed_then_same_command_resumes(synth_root, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [h["epoch"] for h in m["history"]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert m["restarts"] == 1  # the driver's death, and nothing else
     assert [h["global_step"] for h in m["history"]] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
     at = re.search(r"\[cmpl-ray\] resumed at epoch (\d+) \(step (\d+)\)", r.stdout + r.stderr)
     assert at and 1 <= int(at[1]) < 6 and int(at[2]) == 2 * int(at[1]), (r.stdout + r.stderr)[-3000:]

@@ -157,7 +157,7 @@ def test_demo_as_ray_job_logs_to_mlflow(ray_head, tmp_path):
     assert info.runtime_env.get("working_dir", "").startswith("gcs://")  # the checkout was uploaded, as on a cluster
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert 0.0 <= metrics["val_top1"] <= 100.0 and metrics["epochs"] == 1
+    assert 0.0 <= metrics["val_top1"] <= 100.0 and metrics["epochs"] == 1 and metrics["restarts"] == 0
     mc = MlflowClient(uri)
     exp = mc.get_experiment_by_name("cmpl-ray-demo")
     assert exp is not None

@@ -63,3 +63,31 @@ def test_range_test_on_real_videos_records_and_stops_when_the_loss_diverges(tmp_
 
     curve = json.loads(out.read_text())
     assert curve["steps_run"] == 12 and len(curve["losses"]) == 12
+
+
+def test_range_test_runs_with_the_threads_asked_for(synth_root, monkeypatch):
+    """``--threads N`` must hold while the steps run: the decoder, built in this process, must not reset it."""
+    import torch
+
+    from cmpl_ray.config import load_config
+    from cmpl_ray.train import lr_find
+
+    cfg = load_config("demo", overrides=[
+        f"data.root={synth_root}", f"data.labeled_list={synth_root}/train.txt", "data.unlabeled_list=",
+        f"data.val_list={synth_root}/val.txt", f"data.classes_file={synth_root}/classes.txt", "data.crop_size=32",
+        "data.train_short_side=[32, 40]", "data.test_short_side=32", "data.raw_clip_len=16", "train.batch_labeled=2"])
+    seen = []
+    real = lr_find.compute_objective
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(lr_find, "compute_objective", spy)
+    before = torch.get_num_threads()
+    try:
+        lr_find.lr_range_test(cfg, steps=3, loader_workers=0, threads=3, log=None)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 3, 3] and after == 3

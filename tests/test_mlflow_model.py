@@ -176,3 +176,41 @@ def test_register_as_is_validated(name):
     with pytest.raises(ConfigError, match="tracking.log_model"):
         load_config("demo", overrides=["tracking.register_as=ok", "tracking.log_model=false"])
     assert load_config("demo", overrides=["tracking.register_as=cmpl-demo"]).tracking.register_as == "cmpl-demo"
+
+
+def _as_metadata_says(clip: np.ndarray, norm: dict) -> np.ndarray:
+    """Preprocess a uint8 (N, C, T, H, W) clip by the model metadata's words alone (what a serving client does)."""
+    shape = (1, -1, 1, 1, 1)
+    return (clip / norm["scale"] - np.reshape(norm["mean"], shape)) / np.reshape(norm["std"], shape)
+
+
+def test_logged_metadata_states_the_normalisation_training_uses(logged):
+    import mlflow
+    from mlflow.models import Model
+
+    from cmpl_ray.train import loop
+
+    uri, run_id = logged[1], logged[2]
+    mlflow.set_tracking_uri(uri)
+    try:
+        meta = Model.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/primary")).metadata["cmpl_ray"]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert meta["normalization"] == {"scale": 255.0, "mean": [loop.MEAN] * 3, "std": [loop.STD] * 3}
+    assert f"minus mean {loop.MEAN}, over std {loop.STD}" in meta["input"] and "0.485" not in meta["input"]
+    clip = torch.randint(0, 256, (2, 3, 4, 5, 5), dtype=torch.uint8)
+    want = loop.normalize(clip, torch.device("cpu")).numpy()
+    np.testing.assert_allclose(_as_metadata_says(clip.numpy(), meta["normalization"]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_normalisation_metadata_follows_the_training_constants(monkeypatch):
+    from cmpl_ray.train import loop
+
+    monkeypatch.setattr(loop, "MEAN", 0.3)
+    monkeypatch.setattr(loop, "STD", 0.7)
+    norm = mlflow_model.normalization_metadata()
+    assert norm["mean"] == [0.3] * 3 and norm["std"] == [0.7] * 3
+    assert "minus mean 0.3, over std 0.7" in mlflow_model.input_description()
+    clip = torch.randint(0, 256, (1, 3, 2, 3, 3), dtype=torch.uint8)
+    np.testing.assert_allclose(_as_metadata_says(clip.numpy(), norm), loop.normalize(clip, torch.device("cpu")).numpy(),
+                               rtol=1e-5, atol=1e-5)

@@ -207,3 +207,155 @@ def test_plots_write_png(tmp_path):
         plots.plot_class_gap([0.1], [0.2, 0.3], ["a"], str(tmp_path / "bad.png"))
     table = {"supervised": [0.2, 0.22], "fixmatch": [0.25, 0.27, 0.26], "cmpl": [0.31]}
     assert _png(plots.plot_comparison(table, str(tmp_path / "cmp.png"), "UCF-101 1%"))
+
+
+# --- De-duplication of steps across restarts and outages ------------------------------------------------------
+# The Train worker's rank 0 creates a new Tracker on every attempt (Ray restarts from the last checkpoint, or from
+# scratch when there is none, and re-runs the epochs after it) and logs every step it runs; the Tracker alone must
+# keep each (metric, step) in MLflow once. An "attempt" below = a Tracker on the same run and the same buffer file.
+
+
+class _Switchable:
+    """Two REAL clients: one for the store, one for a closed port while ``down`` (an outage with MLflow's own
+    connection errors; nothing is faked)."""
+
+    def __init__(self, uri, dead_uri):
+        self.up, self.dead, self.down = tracking._client(uri), tracking._client(dead_uri), False
+
+    def __getattr__(self, name):
+        return getattr(self.dead if self.down else self.up, name)
+
+
+def _steps(client, rid, key):
+    return sorted(m.step for m in client.get_metric_history(rid, key))
+
+
+def _epoch(tr, epoch, steps_per_epoch=4, offset=0.0, evaluate=True):
+    """What the worker logs for one epoch: train/* per step, then the epoch metrics at its last step, one flush."""
+    first = epoch * steps_per_epoch + 1
+    for s in range(first, first + steps_per_epoch):
+        tr.log_metrics({"train/loss": offset + s}, s)
+    last = first + steps_per_epoch - 1
+    tr.log_metrics({"global_step": last, "epoch": epoch + 1, **({"val_top1": offset + last} if evaluate else {})},
+                   last)
+    tr.flush()
+
+
+def test_restart_before_first_checkpoint_logs_each_step_once(store, tmp_path):
+    """Gap (a): epoch 1 flushed, crash before its checkpoint: the next attempt starts from scratch and logs
+    epoch 1 again; the run must keep epoch 1's steps once (the first values), then go on."""
+    uri, client, _ = store
+    rid = start_run(uri, "exp-dedup-a", "r", {})
+    buf = str(tmp_path / "buf.jsonl")
+    _epoch(Tracker(uri, rid, buf, flush_every=10**9), 0)  # attempt 1: flushed, then killed (no close)
+    tr = Tracker(uri, rid, buf, flush_every=10**9)  # attempt 2: no checkpoint -> epoch 0 again
+    _epoch(tr, 0, offset=100.0)
+    _epoch(tr, 1, offset=100.0, evaluate=False)
+    _epoch(tr, 2, offset=100.0)
+    tr.close()
+    assert _steps(client, rid, "train/loss") == list(range(1, 13))
+    assert _steps(client, rid, "global_step") == [4, 8, 12]
+    assert _steps(client, rid, "val_top1") == [4, 12]  # per key: val_top1's last step (4) < 12 is still sent
+    assert {m.step: m.value for m in client.get_metric_history(rid, "train/loss")}[2] == 2.0  # first values kept
+    assert client.get_run(rid).info.status == "FINISHED" and not os.path.exists(buf)
+
+
+def test_buffer_from_before_restart_is_not_replayed_over_relogged_steps(store, tmp_path, dead_http_uri):
+    """Gap (b): the store is down during attempt 1 (epoch 1 buffered), attempt 2 runs epoch 1 again with the
+    store back: the old buffer and the live steps must not both land."""
+    uri, client, _ = store
+    rid = start_run(uri, "exp-dedup-b1", "r", {})
+    buf = str(tmp_path / "buf.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackingWarning)
+        _epoch(Tracker(dead_http_uri, rid, buf, flush_every=10**9), 0)
+    assert len(open(buf).read().splitlines()) == 7
+    tr = Tracker(uri, rid, buf, flush_every=10**9)
+    _epoch(tr, 0, offset=100.0)
+    _epoch(tr, 1, offset=100.0)
+    tr.close()
+    assert _steps(client, rid, "train/loss") == list(range(1, 9))
+    assert _steps(client, rid, "global_step") == [4, 8]
+    assert _steps(client, rid, "val_top1") == [4, 8]
+    assert not os.path.exists(buf)
+
+
+def test_redone_epoch_logged_live_while_old_buffer_is_replayed(store, tmp_path, dead_http_uri):
+    """Gap (b): epoch 1 reaches the store, epoch 2 is buffered (outage), crash before epoch 2's checkpoint; the
+    next attempt resumes from epoch 1's checkpoint with the store back and redoes epoch 2 live while the old
+    buffer (epoch 2 too) is replayed in the same flush."""
+    uri, client, _ = store
+    rid = start_run(uri, "exp-dedup-b2", "r", {})
+    buf = str(tmp_path / "buf.jsonl")
+    sw = _Switchable(uri, dead_http_uri)
+    tr = Tracker(uri, rid, buf, flush_every=10**9, retry_interval_s=0, client=sw)
+    _epoch(tr, 0)
+    sw.down = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackingWarning)
+        _epoch(tr, 1)  # buffered; then killed before the checkpoint
+    assert len(open(buf).read().splitlines()) == 7
+    tr2 = Tracker(uri, rid, buf, flush_every=10**9)  # resumed from epoch 1's checkpoint: epoch 2 again
+    _epoch(tr2, 1, offset=100.0)
+    _epoch(tr2, 2, offset=100.0)
+    tr2.close()
+    assert _steps(client, rid, "train/loss") == list(range(1, 13))
+    assert _steps(client, rid, "global_step") == [4, 8, 12]
+    assert not os.path.exists(buf)
+
+
+def test_outage_ending_inside_one_attempt_sends_each_step_once(store, tmp_path, dead_http_uri):
+    """The store goes down and comes back while one Tracker runs: the buffer is sent once, nothing twice."""
+    uri, client, _ = store
+    rid = start_run(uri, "exp-dedup-outage", "r", {})
+    buf = str(tmp_path / "buf.jsonl")
+    sw = _Switchable(uri, dead_http_uri)
+    tr = Tracker(uri, rid, buf, flush_every=10**9, retry_interval_s=0, client=sw)
+    _epoch(tr, 0)
+    sw.down = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackingWarning)
+        _epoch(tr, 1)
+    sw.down = False
+    _epoch(tr, 2)
+    tr.close()
+    assert _steps(client, rid, "train/loss") == list(range(1, 13))
+    assert _steps(client, rid, "global_step") == [4, 8, 12]
+    assert not os.path.exists(buf)
+
+
+def test_store_down_at_restart_buffer_holding_steps_twice_replays_once(store, tmp_path, dead_http_uri):
+    """Gap (b), store down across the restart: the buffer ends up holding epoch 1 twice (both attempts);
+    replaying it must send each (metric, step) once."""
+    uri, client, _ = store
+    buf = str(tmp_path / "buf.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackingWarning)
+        _epoch(Tracker(dead_http_uri, "0" * 32, buf, flush_every=10**9), 0)
+        tr = Tracker(dead_http_uri, "0" * 32, buf, flush_every=10**9)
+        _epoch(tr, 0, offset=100.0)
+        _epoch(tr, 1, offset=100.0)
+        tr.close()
+    assert len(open(buf).read().splitlines()) == 21
+    rid = start_run(uri, "exp-dedup-b3", "r", {})
+    assert replay_buffer(uri, rid, buf) == 14
+    assert _steps(client, rid, "train/loss") == list(range(1, 9))
+    assert _steps(client, rid, "val_top1") == [4, 8]
+    assert not os.path.exists(buf)
+
+
+def test_replay_buffer_skips_steps_the_run_already_has(store, tmp_path):
+    """Gap (b): a buffer whose first steps the run already has (sent live by a later attempt, or sent just
+    before a crash removed the file): only the newer steps are sent."""
+    uri, client, _ = store
+    rid = start_run(uri, "exp-dedup-b4", "r", {})
+    tr = Tracker(uri, rid, str(tmp_path / "live.jsonl"), flush_every=10**9)
+    _epoch(tr, 0)
+    tr.close()
+    buf = tmp_path / "buf.jsonl"
+    buf.write_text("".join(json.dumps({"key": "train/loss", "value": 50.0 + s, "step": s, "timestamp": 1}) + "\n"
+                           for s in range(3, 7)))
+    assert replay_buffer(uri, rid, str(buf)) == 2
+    assert _steps(client, rid, "train/loss") == [1, 2, 3, 4, 5, 6]
+    assert not buf.exists()
+    assert replay_buffer(uri, rid, str(buf)) == 0  # nothing left: a second call is a no-op

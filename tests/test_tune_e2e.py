@@ -211,3 +211,46 @@ def test_trial_reentered_after_a_space_change_errors_instead_of_resuming(synth_r
     assert len(kids) == 1 and kids[0].data.tags["cmpl.fingerprint"] == record["fingerprint"]
     assert kids[0].data.params["algo.threshold"] == "0.5"
     assert sorted((x.step, x.value) for x in client.get_metric_history(kids[0].info.run_id, "epoch")) == logged
+
+
+SPACE_EVERY2 = """description: ranked on val_mean_class_acc, evaluated every second epoch (as every preset is)
+preset: demo
+scheduler: {name: asha, grace_period: 2, reduction_factor: 2}
+metric: val_mean_class_acc
+mode: max
+fixed:
+  train.epochs: 4
+  train.steps_per_epoch: 2
+  train.eval_every: 2
+space:
+  optim.lr: {grid: [0.05, 0.2]}
+"""
+
+
+def test_sweep_on_another_metric_with_eval_every_2(synth_root, tmp_path):
+    """With ``eval_every > 1`` an epoch without evaluation has no val_* metric: Tune gets only the evaluated
+    epochs, so a sweep ranked on any val metric runs (Tune used to refuse the first unevaluated report)."""
+    split_dir = tmp_path / "splits"
+    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
+    write_list(str(split_dir / "labeled.txt"), lab)
+    write_list(str(split_dir / "unlabeled.txt"), unl)
+    space = tmp_path / "every2.yaml"
+    space.write_text(SPACE_EVERY2)
+    storage = tmp_path / "tune"
+    r = subprocess.run([sys.executable, "-m", "cmpl_ray", "tune", str(space), "--name", "e2", "--storage",
+                        str(storage), "--num-cpus", "2", *_sets(synth_root, split_dir, tmp_path)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "2 trials" in out and ", 0 errors" in out, out[-3000:]
+    trials = sorted(glob.glob(f"{storage}/e2/trials/*/metrics.json"))
+    assert trials  # a trial ASHA stopped at its epoch-2 rung writes no final result
+    for path in trials:
+        m = json.loads(open(path).read())
+        assert m["restarts"] == 0
+        assert [h["epoch"] for h in m["history"] if h["evaluated"]] == [2.0, 4.0][: len(m["history"]) // 2]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'e2'")[0]
+    assert "best_val_mean_class_acc" in parent.data.metrics

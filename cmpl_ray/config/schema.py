@@ -27,6 +27,22 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def flip_pairs_problem(pairs: list[tuple[Any, Any]]) -> str:
+    """Why the pairs of a flip label map are not a swap of disjoint pairs ('' if they are). A flip applied twice
+    gives back the clip, so the label map must be its own inverse: a class in two different pairs would send two
+    classes onto one label. A pair repeated (or written both ways) is the same swap; ``a:a`` is refused because
+    every class already keeps its label, so it can only be a typo."""
+    partner: dict[Any, Any] = {}
+    for a, b in pairs:
+        if a == b:
+            return f"{a}:{b} maps a class to itself (unlisted classes keep their label); leave it out"
+        for x, y in ((a, b), (b, a)):
+            if partner.setdefault(x, y) != y:
+                return (f"{x} is paired with both {partner[x]} and {y}; each class may be in one pair only "
+                        "(the map must be its own inverse)")
+    return ""
+
+
 def _channels_ok(width: float, base: int = 64) -> bool:
     # the narrowest stage of any arch has `base` channels before the multiplier (tiny: 16)
     return width > 0 and round(base * width) >= 1
@@ -149,6 +165,9 @@ class DataConfig:
         _check(all(len(p.split(":")) == 2 and all(x.strip() for x in p.split(":"))
                    for p in self.flip_label_map.split(",")) if self.flip_label_map else True,
                "data.flip_label_map", f"must look like a:b,c:d (class names or ids), got {self.flip_label_map!r}")
+        problem = flip_pairs_problem([tuple(x.strip() for x in p.split(":")) for p in self.flip_label_map.split(",")]
+                                     if self.flip_label_map else [])
+        _check(not problem, "data.flip_label_map", f"{problem}, got {self.flip_label_map!r}")
         _check(not (self.flip_label_map and not self.flip), "data.flip_label_map",
                "is set but data.flip=false: no clip is flipped, so the map would never apply")
         _check(not (self.weak_flip and (not self.flip or self.flip_label_map)), "data.weak_flip",

@@ -25,6 +25,15 @@ Source dimensions (needed to compute an aspect-preserving decoder resize; decord
 has no API for them) are read from the container header with PyAV (~1 ms),
 unless the caller already knows them (``src_hw``, e.g. from :func:`probe` at
 indexing time).
+
+decord 0.6 bundles an ffmpeg without an AV1 decoder, and AV1 is what video sites
+now often serve.  When decord cannot *open* a file ("undecodable"), the file is
+read with PyAV (a dependency already, and its wheel decodes AV1 with libdav1d),
+which mirrors decord's frame count, fps, frame order, rotation and resize filter,
+so the clip is the same whichever library reads it (H.264 through both:
+pixel-identical).  decord stays the path for everything it opens; the fallback
+runs inside the same timeout.  :func:`read_sampled` says which library read the
+file (:data:`DECODER_NAMES`).
 """
 
 from __future__ import annotations
@@ -42,7 +51,8 @@ import decord
 
 decord.bridge.set_bridge("native")  # return decord NDArray -> .asnumpy(); no torch bridge surprises
 
-__all__ = ["BadVideo", "DECORD_BAD_WIDTHS", "REASONS", "Source", "probe", "read_frames", "target_size"]
+__all__ = ["BadVideo", "DECODER_NAMES", "DECORD", "DECORD_BAD_WIDTHS", "NOT_READ", "PYAV", "REASONS", "Sampled",
+           "Source", "probe", "read_frames", "read_sampled", "target_size"]
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -54,6 +64,11 @@ _TAIL_SHRINK = (1, 2, 3, 4, 8, 16, 32)
 # decord 0.6.0 output widths whose frames cannot be copied out ("DECORDArrayCopyFromTo: The size
 # must exactly match"); measured for widths 8..400 (any height).  Resize targets step around them.
 DECORD_BAD_WIDTHS = frozenset({8, 12, 16, 24, 48, 72})
+
+#: Which library read a video, as the data pipeline's ``l_dec`` / ``u_dec`` / ``dec`` columns code it:
+#: decord (the fast path) or PyAV (files decord cannot open, e.g. AV1). NOT_READ: a bad video or a padding row.
+DECORD, PYAV, NOT_READ = 0, 1, -1
+DECODER_NAMES = {DECORD: "decord", PYAV: "pyav"}
 
 T = TypeVar("T")
 
@@ -75,6 +90,20 @@ class BadVideo(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class Sampled(tuple):
+    """``(frames, num_frames, fps)`` from :func:`read_sampled`, plus ``decoder``: which library read the file
+    (a key of :data:`DECODER_NAMES`). A tuple, so ``frames, n, fps = read_sampled(...)`` keeps working, and so
+    do stand-in readers that return a plain tuple (``getattr(result, "decoder", DECORD)``)."""
+
+    def __new__(cls, frames: np.ndarray, num_frames: int, fps: float, decoder: int = DECORD) -> "Sampled":
+        self = super().__new__(cls, (frames, num_frames, fps))
+        self.decoder = decoder
+        return self
+
+    def __reduce__(self):
+        return type(self), (*self, self.decoder)
 
 
 def _describe(src: Source) -> str:
@@ -155,6 +184,165 @@ def _open(src: Source, width: int, height: int, num_threads: int) -> "decord.Vid
         raise BadVideo("undecodable", f"{type(exc).__name__}: {exc}") from None
 
 
+class _PyAVReader:
+    """What the readers use of ``decord.VideoReader`` (``len``, ``get_avg_fps``, reading frames), on PyAV.
+
+    For files decord cannot open: decord 0.6's ffmpeg has no AV1 decoder, PyAV's has (libdav1d). It copies
+    decord's choices so a clip does not depend on which library read it: the frame count is the number of
+    the stream's packets and frame i the i-th smallest pts (decord's keyframe index); fps is the stream's
+    average rate; frames pass through decord's filter (display rotation as ``transpose``, then
+    ``scale=W:H`` with bilinear flags, the default of decord's ffmpeg 4, to rgb24: pixel-identical to
+    decord on H.264); a tail that cannot be decoded is clamped as :func:`_decode_unique` clamps decord's.
+    One :meth:`read` per reader (it closes the file).
+    """
+
+    def __init__(self, src: Source, width: int, height: int, num_threads: int) -> None:
+        import av  # local: decord-only installs (and the GPU study's stub) never import it
+
+        self._src, self._wh, self._threads, self._graph = src, (width, height), num_threads, None
+        self._c = av.open(_file_like(src))
+        try:
+            self._s = self._c.streams.best("video")
+            if self._s is None:
+                raise BadVideo("undecodable", "pyav: no video stream")
+            packets = [(p.pts, p.is_keyframe) for p in self._c.demux(self._s) if p.size]  # not the flush packets
+        except BaseException:
+            self._c.close()
+            raise
+        pts = [p for p, _ in packets]
+        self._pts = sorted(pts) if None not in pts else None  # None: index frames by decode order instead
+        self._index = {p: i for i, p in enumerate(self._pts or ())}
+        self._keys = sorted(p for p, key in packets if key) if self._pts else []
+        self.n = len(packets)
+        rate = self._s.average_rate
+        self.fps = float(rate) if rate is not None else float("nan")
+        if self.n == 0:
+            self._c.close()
+            raise BadVideo("empty", "pyav: no frames")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def close(self) -> None:
+        self._c.close()
+
+    def _indexed(self, first: int):
+        """(index, frame) in presentation order, from the last keyframe at or before frame ``first`` (decord
+        seeks the same way); from the file's start if the seek lands past ``first`` or there are no pts."""
+        key = max((p for p in self._keys if p <= self._pts[first]), default=None) if self._pts else None
+        if key is not None and first > 0:
+            self._c.seek(key, stream=self._s, backward=True)
+            frames = (f for f in self._c.decode(self._s) if f.pts in self._index)
+            f = next(frames, None)
+            if f is not None and self._index[f.pts] <= first:
+                yield self._index[f.pts], f
+                yield from ((self._index[f.pts], f) for f in frames)
+                return
+        import av
+
+        self._c.close()
+        self._c = av.open(_file_like(self._src))  # from the start: packets in order, no seek needed
+        self._s = self._c.streams.best("video")
+        self._s.codec_context.thread_count = self._threads
+        frames = self._c.decode(self._s)
+        if self._pts:
+            yield from ((self._index[f.pts], f) for f in frames if f.pts in self._index)
+        else:
+            yield from enumerate(frames)
+
+    def _rgb(self, frame) -> np.ndarray:
+        """decord's filter: rotation, ``scale=W:H`` (bilinear), rgb24 -> (H, W, 3) uint8."""
+        if self._graph is None:
+            import av
+
+            theta = int(round(-(getattr(frame, "rotation", 0) or 0))) % 360  # decord's GetRotation
+            turns = {90: ["1"], 180: ["1", "1"], 270: ["2"]}.get(theta, [])
+            w, h = self._wh
+            nat_w, nat_h = (frame.height, frame.width) if theta in (90, 270) else (frame.width, frame.height)
+            g = av.filter.Graph()
+            g.threads = 1  # as decord's graph
+            nodes = [g.add_buffer(template=frame, time_base=self._s.time_base)]
+            nodes += [g.add("transpose", t) for t in turns]
+            nodes += [g.add("scale", f"{w if w > 0 else nat_w}:{h if h > 0 else nat_h}:flags=bilinear"),
+                      g.add("format", "rgb24"), g.add("buffersink")]
+            g.link_nodes(*nodes)
+            g.configure()
+            self._graph = g
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()
+
+    def read(self, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted unique indices (< len) -> (frames (U, H, W, 3) uint8, indices read), like :func:`_decode_unique`."""
+        import av
+
+        tail = self.n - 1 - _TAIL_SHRINK[-1]
+        got, at_tail, last, err = {}, {}, -1, "pyav: stream ended early"
+        wanted = set(uniq.tolist())
+        try:
+            self._s.codec_context.thread_count = self._threads
+            try:
+                for last, frame in self._indexed(int(uniq[0])):
+                    if last in wanted:
+                        got[last] = self._rgb(frame)
+                    if last >= tail:
+                        at_tail[last] = frame  # candidates of the tail retry
+                    if last >= uniq[-1]:
+                        break
+            except av.error.FFmpegError as exc:  # a corrupt packet: the frames before it may still do
+                err = f"pyav: {type(exc).__name__}: {exc}"
+            if len(got) < len(uniq):
+                uniq = self._clamp_tail(uniq, got, at_tail, last, err)
+            return np.stack([got[i] for i in uniq]), uniq
+        finally:
+            self.close()
+
+    def _clamp_tail(self, uniq: np.ndarray, got: dict, at_tail: dict, last: int, err: str) -> np.ndarray:
+        """Frames missing after the last decoded one (over-reported count, truncated file): decord's retry, the
+        indices clamped to the first ``n - 1 - s`` (s in ``_TAIL_SHRINK``) that was decoded. Frames missing
+        elsewhere: undecodable."""
+        first_missing = next(int(i) for i in uniq if i not in got)
+        if first_missing > last and uniq[-1] >= self.n - 1 - _TAIL_SHRINK[-1]:
+            limit = next((self.n - 1 - s for s in _TAIL_SHRINK if self.n - 1 - s <= last), -1)
+            if limit in at_tail:
+                if limit not in got:
+                    got[limit] = self._rgb(at_tail[limit])
+                return np.unique(np.minimum(uniq, limit))
+        raise BadVideo("undecodable", f"frame {first_missing} of {self.n} not decoded ({err})")
+
+
+def _open_pyav(src: Source, width: int, height: int, num_threads: int) -> _PyAVReader:
+    """A :class:`_PyAVReader`; errors become ``BadVideo`` like :func:`_open`'s."""
+    try:
+        return _PyAVReader(src, width, height, num_threads)
+    except BadVideo:
+        raise
+    except Exception as exc:  # av.error.InvalidDataError etc.
+        raise BadVideo("undecodable", f"pyav: {type(exc).__name__}: {exc}") from None
+
+
+def _open_any(src: Source, width: int, height: int, num_threads: int):
+    """decord's reader; PyAV's when decord cannot open the file (missing codec: AV1 in decord 0.6).
+
+    Only "undecodable" falls back: decord's "empty" (no frames) is a fact about the file. When PyAV cannot
+    open it either (garbage, truncated), the error names both libraries' reasons.
+    """
+    try:
+        return _open(src, width, height, num_threads)
+    except BadVideo as exc:
+        if exc.reason != "undecodable":
+            raise
+        decord_err = exc
+    try:
+        return _open_pyav(src, width, height, num_threads)
+    except BadVideo as exc:
+        if exc.reason != "undecodable":
+            raise
+        raise BadVideo("undecodable", f"decord: {decord_err.detail}; {exc.detail}") from None
+
+
 def target_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
     """Decoder output (height, width) with the short side == ``short_side``, aspect kept.
 
@@ -182,13 +370,16 @@ def _as_numpy(batch) -> np.ndarray:
 def probe(path_or_bytes: Source, timeout_s: float = 30.0) -> tuple[int, float, int, int]:
     """Return ``(num_frames, fps, height, width)`` of the source (native size).
 
-    ``num_frames`` is decord's count (what :func:`read_frames` clamps to).
+    ``num_frames`` is decord's count (what :func:`read_frames` clamps to); for a file decord cannot open
+    (AV1), PyAV's count made the same way.
     """
     _check_source(path_or_bytes)
 
     def work() -> tuple[int, float, int, int]:
         h, w = _safe_header_hw(path_or_bytes)
-        vr = _open(path_or_bytes, -1, -1, 1)
+        vr = _open_any(path_or_bytes, -1, -1, 1)
+        if isinstance(vr, _PyAVReader):
+            vr.close()
         return int(len(vr)), float(vr.get_avg_fps()), h, w
 
     return _run_with_timeout(work, timeout_s)
@@ -218,10 +409,18 @@ def _decode_unique(src: Source, wanted: np.ndarray, width: int, height: int,
 
     Indices are clamped to decord's frame count; if the read fails close to the
     tail (over-reported count, truncated file) retry with indices clamped further.
+    A file decord cannot open is read with PyAV (:func:`_open_any`), which clamps the same way.
     """
-    vr = vr if vr is not None else _open(src, width, height, num_threads)
+    vr = vr if vr is not None else _open_any(src, width, height, num_threads)
     n = len(vr)
     uniq = np.unique(np.minimum(wanted, n - 1))  # (U,)
+    if isinstance(vr, _PyAVReader):
+        try:
+            return vr.read(uniq)
+        except BadVideo:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a filter or decoder error on an odd file
+            raise BadVideo("undecodable", f"pyav: {type(exc).__name__}: {exc}") from None
     try:
         return _as_numpy(vr.get_batch(uniq)), uniq
     except Exception as exc:  # noqa: BLE001
@@ -247,30 +446,32 @@ def read_sampled(
     short_side: int | None = None,
     timeout_s: float = 30.0,
     num_threads: int = 1,
-) -> tuple[np.ndarray, int, float]:
+) -> Sampled:
     """Open once, pick indices from the video's own length: ``choose(num_frames, fps) -> indices``.
 
-    Returns (frames (len(indices), H, W, 3) uint8, num_frames, fps). The training and evaluation samplers
-    need the frame count before they can pick a window; asking the already-open (resizing) reader instead of
-    a separate :func:`probe` saves one decoder construction per video (~10% of a short clip's decode).
+    Returns (frames (len(indices), H, W, 3) uint8, num_frames, fps) as a :class:`Sampled`, whose ``decoder``
+    says which library read the file (decord; PyAV for files decord cannot open, e.g. AV1). The training and
+    evaluation samplers need the frame count before they can pick a window; asking the already-open
+    (resizing) reader instead of a separate :func:`probe` saves one decoder construction per video (~10% of
+    a short clip's decode).
     """
     _check_source(src)
 
-    def work() -> tuple[np.ndarray, int, float]:
+    def work() -> Sampled:
         height, width = target_size(*_safe_header_hw(src), short_side)
-        vr = _open(src, width, height, num_threads)
+        vr = _open_any(src, width, height, num_threads)
         n, fps = int(len(vr)), float(vr.get_avg_fps())
         idx = np.asarray(choose(n, fps), dtype=np.int64)  # (N,)
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0:
             raise ValueError(f"choose() must return non-empty non-negative 1-D indices, got {idx}")
         frames, decoded = _decode_unique(src, np.unique(idx), width, height, num_threads, vr=vr)
         pos = np.searchsorted(decoded, np.minimum(idx, decoded[-1]))  # (N,)
-        return frames[pos], n, fps
+        return Sampled(frames[pos], n, fps, PYAV if isinstance(vr, _PyAVReader) else DECORD)
 
-    frames, n, fps = _run_with_timeout(work, timeout_s)
-    if frames.dtype != np.uint8 or frames.ndim != 4:
-        raise BadVideo("undecodable", f"unexpected decoder output {frames.dtype} {frames.shape}")
-    return frames, n, fps
+    out = _run_with_timeout(work, timeout_s)
+    if out[0].dtype != np.uint8 or out[0].ndim != 4:
+        raise BadVideo("undecodable", f"unexpected decoder output {out[0].dtype} {out[0].shape}")
+    return out
 
 
 def read_frames(

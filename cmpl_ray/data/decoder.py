@@ -6,7 +6,9 @@ generators (:mod:`cmpl_ray.data.epochs`), never from the process that decodes it
 
 A bad video never kills an epoch: its row comes out with ``valid=False``, zero pixels and an error code, so
 batch shapes and the number of steps per rank stay fixed (``streaming_split`` needs equal consumption) and
-the trainer counts and names it. Error codes: :data:`ERR_CODES`.
+the trainer counts and names it. Error codes: :data:`ERR_CODES`. Each item also says which library read it
+(``l_dec``, ``u_dec``, ``dec``: :data:`~cmpl_ray.data.decode.DECODER_NAMES`, -1 = not read), since files decord
+cannot open (AV1) are read with PyAV.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..config import DataConfig
 from . import augment
-from .decode import BadVideo, read_sampled
+from .decode import DECORD, NOT_READ, BadVideo, read_sampled
 from .epochs import EpochTable, row_keys, row_rng
 from .sampling import clip_indices, eval_clip_starts, sample_train_indices
 
@@ -48,6 +50,12 @@ def _fetch(path: str) -> str | bytes:
 
 def _code(e: BadVideo) -> int:
     return _REASON_TO_CODE.get(getattr(e, "reason", "undecodable"), 3)
+
+
+def _decoder(res: tuple) -> int:
+    """Which library read a video, from :func:`~cmpl_ray.data.decode.read_sampled`'s result. A stand-in reader
+    returning a plain tuple (the GPU study's in-memory videos) counts as decord, the fast path it replaces."""
+    return int(getattr(res, "decoder", DECORD))
 
 
 class ClipDecoder:
@@ -85,7 +93,8 @@ class ClipDecoder:
         self.warned: set[str] = set()
 
     # -- one video --------------------------------------------------------------------------------------
-    def _decode_train(self, path: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def _decode_train(self, path: str, size: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
         dc = self.dc
         t_p = dc.raw_clip_len // dc.primary_stride
 
@@ -94,10 +103,11 @@ class ClipDecoder:
                                                 dc.time_offset, rng)
             return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
 
-        frames, n, _ = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)  # (T,H,W,3)
-        return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len
+        res = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)
+        frames, n, _ = res  # (T,H,W,3)
+        return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len, _decoder(res)
 
-    def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def _decode_val(self, path: str) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
         import torch
 
         dc = self.dc
@@ -109,8 +119,8 @@ class ClipDecoder:
             ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
             return np.concatenate(ip + ia)
 
-        frames, n, _ = read_sampled(_fetch(path), choose, short_side=dc.test_short_side,
-                                    timeout_s=dc.decode_timeout_s)
+        res = read_sampled(_fetch(path), choose, short_side=dc.test_short_side, timeout_s=dc.decode_timeout_s)
+        frames, n, _ = res
         out, pos = [], 0
         for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
             views = []
@@ -118,21 +128,27 @@ class ClipDecoder:
                 views.append(augment.eval_views(frames[pos: pos + t], dc.crop_size, dc.eval_crops))
                 pos += t
             out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
-        return out[0], out[1], n < dc.raw_clip_len
+        return out[0], out[1], n < dc.raw_clip_len, _decoder(res)
 
     def _views(self, kind: str, path: str, label: int,
                rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int]:
-        """(views, code, label) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The label
-        comes back remapped (``data.flip_label_map``) when a labeled clip was flipped."""
+        """(views, code, label): :meth:`_decode_views` without the decoder."""
+        return self._decode_views(kind, path, label, rng)[:3]
+
+    def _decode_views(self, kind: str, path: str, label: int,
+                      rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int, int]:
+        """(views, code, label, decoder) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The
+        label comes back remapped (``data.flip_label_map``) when a labeled clip was flipped; decoder: which
+        library read the file (:data:`~cmpl_ray.data.decode.DECODER_NAMES`)."""
         dc, rng = self.dc, rng or self.rng
         if not 0 <= label < self.k:
             raise BadVideo("bad_label")
         if kind == "val":
-            vp, va, short = self._decode_val(path)
+            vp, va, short, dec = self._decode_val(path)
             views = {"v_p": vp} if va is None else {"v_p": vp, "v_a": va}
-            return views, LOOPED if short else 0, label
+            return views, LOOPED if short else 0, label, dec
         size = dc.train_short_side[1] if kind == "labeled" else dc.crop_size  # weak/strong need no resize
-        fp, fa, short = self._decode_train(path, size, rng)
+        fp, fa, short, dec = self._decode_train(path, size, rng)
         clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
         if kind == "labeled":
             flipped = bool(dc.flip and rng.random() < 0.5)  # one decision for both networks' clips
@@ -145,7 +161,7 @@ class ClipDecoder:
                 views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
                 views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
                                                         dc.randaug_m, dc.cutout, dc.cutout_uniform)
-        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label
+        return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label, dec
 
     def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
         s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
@@ -158,21 +174,27 @@ class ClipDecoder:
 
     def safe_views(self, kind: str, path: str, label: int,
                    rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], bool, int, int]:
-        """(views, valid, err code, label): a bad video becomes zero clips + an error code, never an exception."""
+        """(views, valid, err code, label): :meth:`safe_decode` without the decoder."""
+        return self.safe_decode(kind, path, label, rng)[:4]
+
+    def safe_decode(self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
+                    ) -> tuple[dict[str, np.ndarray], bool, int, int, int]:
+        """(views, valid, err code, label, decoder): a bad video becomes zero clips + an error code (decoder
+        ``NOT_READ``), never an exception."""
         code = PAD
         if path:
             try:
-                views, code, label = self._views(kind, path, label, rng)
+                views, code, label, dec = self._decode_views(kind, path, label, rng)
                 if code == LOOPED:
                     self._warn_once(path, code)
-                return views, True, code, label
+                return views, True, code, label, dec
             except BadVideo as e:
                 code = _code(e)
             except Exception as e:  # a decoder bug or odd file must not kill the epoch either
                 log.debug("decode failed for %s: %r", path, e)
                 code = 3
             self._warn_once(path, code)
-        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code, label
+        return {k: np.zeros(shp, np.uint8) for k, shp in self._shapes(kind).items()}, False, code, label, NOT_READ
 
     def _row_rngs(self, keys: np.ndarray | None, n: int):
         """One generator per video slot of a row from (seed, key, slot) when rows carry a key (the sample's
@@ -213,27 +235,27 @@ class ClipDecoder:
             return out
         rows, keys = self._rows(batch)  # (B, 1 + ratio)
         cols: dict[str, list] = {}
-        meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index")}
+        meta: dict[str, list] = {k: [] for k in ("y_l", "l_valid", "l_err", "l_index", "l_dec")}
         if self.unlabeled:
-            meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index")})
+            meta.update({k: [] for k in ("y_u", "u_valid", "u_err", "u_index", "u_dec")})
         for row, rng_of in zip(rows, self._row_rngs(keys, len(rows))):
             path, label = self.labeled[row[0]]
-            views, ok, code, label = self.safe_views("labeled", path, label, rng_of(0))
+            views, ok, code, label, dec = self.safe_decode("labeled", path, label, rng_of(0))
             for k, v in views.items():
                 cols.setdefault(k, []).append(v)
             meta["y_l"].append(label if ok else 0), meta["l_valid"].append(ok)
-            meta["l_err"].append(code), meta["l_index"].append(row[0])
+            meta["l_err"].append(code), meta["l_index"].append(row[0]), meta["l_dec"].append(dec)
             if not self.unlabeled:
                 continue
             per: dict[str, list] = {}
             for j, ui in enumerate(row[1: 1 + self.ratio]):
                 path, label = self.unlabeled[ui]
-                views, ok, code, _ = self.safe_views("unlabeled", path, label if 0 <= label < self.k else 0,
-                                                     rng_of(1 + j))
+                views, ok, code, _, dec = self.safe_decode("unlabeled", path, label if 0 <= label < self.k else 0,
+                                                           rng_of(1 + j))
                 for k, v in views.items():
                     per.setdefault(k, []).append(v)
                 meta["y_u"].append(label), meta["u_valid"].append(ok)
-                meta["u_err"].append(code), meta["u_index"].append(ui)
+                meta["u_err"].append(code), meta["u_index"].append(ui), meta["u_dec"].append(dec)
             for k, v in per.items():
                 cols.setdefault(k, []).append(np.stack(v))  # (ratio, C, T, S, S)
         out = {k: np.stack(v) for k, v in cols.items()}
@@ -248,12 +270,13 @@ class ClipDecoder:
     def decode_val(self, items: list[tuple[str, int]]) -> dict[str, np.ndarray]:
         """Evaluation views of a few videos (in-process; used by training-time eval and ``cmpl-ray eval``)."""
         cols: dict[str, list] = {}
-        ys, valid, errs = [], [], []
+        ys, valid, errs, decs = [], [], [], []
         for path, label in items:
-            views, ok, code, _ = self.safe_views("val", path, label)
+            views, ok, code, _, dec = self.safe_decode("val", path, label)
             for k, v in views.items():
                 cols.setdefault(k, []).append(v)
-            ys.append(label if ok else 0), valid.append(ok), errs.append(code)
+            ys.append(label if ok else 0), valid.append(ok), errs.append(code), decs.append(dec)
         out = {k: np.stack(v) for k, v in cols.items()}
-        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64))
+        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64),
+                   dec=np.asarray(decs, np.int64))
         return out

@@ -45,7 +45,11 @@ def class_names(cfg: Config) -> list[str]:
 
 def resolve_flip_map(spec: str, names: list[str]) -> list[int] | None:
     """``data.flip_label_map`` (``a:b,c:d``, names or ids) -> the label of each class after a horizontal flip;
-    None when no pair is given. Pairs swap both ways; an unknown class is refused naming the key."""
+    None when no pair is given. Pairs swap both ways; an unknown class is refused naming the key, and so are pairs
+    that are not disjoint once names and ids are resolved (``right:left,1:2``), which the config check, blind to
+    the class names, cannot see."""
+    from ..config.schema import flip_pairs_problem
+
     if not spec:
         return None
     out = list(range(len(names)))
@@ -58,8 +62,11 @@ def resolve_flip_map(spec: str, names: list[str]) -> list[int] | None:
             return int(x)
         raise ValueError(f"data.flip_label_map: {x!r} is not a class name or id (classes: {names})")
 
-    for pair in spec.split(","):
-        a, b = (cid(x) for x in pair.split(":"))
+    pairs = [tuple(cid(x) for x in pair.split(":")) for pair in spec.split(",")]
+    problem = flip_pairs_problem([(names[a], names[b]) for a, b in pairs])
+    if problem:
+        raise ValueError(f"data.flip_label_map: {problem}, got {spec!r}")
+    for a, b in pairs:
         out[a], out[b] = b, a
     return out
 

@@ -34,3 +34,14 @@ def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module |
     nets = [primary] + ([aux] if aux is not None else [])
     return torch.optim.SGD(param_groups(cfg, nets), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+
+
+def objective_kwargs(cfg: Config, lambda_u: float | None = None) -> dict:
+    """Keyword arguments of :func:`cmpl_ray.algorithm.compute_objective` that come from ``algo.*``, built here
+    only, so no caller (trainer, ``cmpl-ray step``, lr-find) can forget a switch. ``lambda_u``: the weight at this
+    step when a warm-up schedules it (default: the configured one). Runtime arguments (``aux_stream``) are the
+    caller's."""
+    a = cfg.algo
+    return {"algo": a.name, "scheme": a.scheme, "threshold": a.threshold,
+            "lambda_u": a.lambda_u if lambda_u is None else lambda_u, "aux_supervised": a.aux_supervised,
+            "aux_unsupervised": a.aux_unsupervised, "bn_mode": a.bn_mode}

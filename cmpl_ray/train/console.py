@@ -294,6 +294,9 @@ def summary_lines(m: dict[str, Any], wall: float, out_dir: str, run_id: str | No
     ep = int(hist[-1].get("epoch", 0)) if hist else m.get("epochs", "?")
     lines.append(f"  {'epochs':<16}{ep!s:>9}   skipped samples {m.get('skipped_samples', 0)}, "
                  f"restarts {m.get('restarts', 0)}")
+    if m.get("files_read_by_pyav"):  # files decord cannot open (e.g. AV1), read by PyAV: slower, not lost
+        lines.append(f"  decoders    decord read {m.get('files_read_by_decord', 0)} training videos, PyAV "
+                     f"{m['files_read_by_pyav']}")
     lines.append(f"  results     {out_dir}  (metrics.json, config.yaml, per_class.csv, plots)")
     lines.append(f"  checkpoint  {m.get('best_checkpoint')}")
     if ray_log:

@@ -19,7 +19,7 @@ from ..config import Config
 from ..data.epochs import start_clock
 from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
                              resolve_flip_map, steps_per_epoch, val_decode_mode)
-from . import console, identity, mlflow_run, tracking
+from . import attempts, console, identity, mlflow_run, results, tracking
 
 
 def storage_path(cfg: Config) -> str:
@@ -153,10 +153,13 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     stored metrics with ``already_complete=True`` and trains nothing."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from .worker import train_loop_per_worker
+    from .worker import CHECKPOINT_SCORE, train_loop_per_worker
 
-    if cfg.data.root and "://" not in cfg.data.root:
-        cfg.data.root = str(Path(cfg.data.root).resolve())  # workers run in another working directory
+    for key in ("data.root", "run.resume"):  # workers run in another working directory (and on other nodes)
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        if value and "://" not in value:
+            setattr(getattr(cfg, section), field, str(Path(value).resolve()))
     labeled, unlabeled, val = read_split_lists(cfg)
     names = class_names(cfg)
     num_classes = cfg.model.num_classes or len(names)
@@ -177,10 +180,12 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         if moved and verbose:
             print(f"[cmpl-ray] --fresh: the previous run {cfg.run.name!r} was moved to {moved}", flush=True)
     record = identity.check(store, cfg.run.name, ident)  # RunMismatch: refused before any Ray work
+    resume_state = None
     if cfg.run.resume:
         from .checkpoint import load_checkpoint
 
-        identity.check_checkpoint(load_checkpoint(cfg.run.resume), ident, f"run.resume={cfg.run.resume}")
+        resume_state = load_checkpoint(cfg.run.resume)
+        identity.check_checkpoint(resume_state, ident, f"run.resume={cfg.run.resume}")
     if record is not None and record.get("status") == "complete":
         done = {**record.get("metrics", {}), "already_complete": True}
         if verbose:
@@ -192,6 +197,9 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         return done
     record = identity.begin(store, cfg.run.name, ident, record)
     ensure_ray(log_file=os.path.join(out_dir, console.LOG_NAME))
+    import ray
+
+    counter = attempts.start_counter()  # worker-group starts: restarts counted exactly (cmpl_ray.train.attempts)
     clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
     datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock,
                                              epochs=cfg.train.epochs)}
@@ -228,7 +236,10 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         relay = start_relay(uri)
     loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
                    "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
-                   "identity": ident, "epoch_clock": clock,
+                   "identity": ident, "epoch_clock": clock, "attempts": counter,
+                   "run_folder": identity.run_dir(store, cfg.run.name),
+                   # read here, where the path is; every rank gets it from the object store on any node
+                   "resume_state": ray.put(resume_state) if resume_state is not None else None,
                    "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]},
                    "val_decode": val_mode, "val_items": [(it.path, it.label) for it in val] if val_mode == "worker" else None}
     board = _start_board() if live and verbose else None
@@ -241,7 +252,7 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         run_config=RunConfig(
             name=cfg.run.name, storage_path=store, callbacks=callbacks or None,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                               checkpoint_score_attribute="val_top1",
+                                               checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
@@ -249,8 +260,6 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
         dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options={"train": _ordered()}),
     )
     t0 = time.perf_counter()
-    import ray
-
     poller = None
     if board is not None:
         poller = console.Poller(lambda: ray.get(board.drain.remote(), timeout=30), console.Console()).start()
@@ -259,17 +268,16 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     finally:
         if poller is not None:
             poller.stop()  # the last lines rank 0 pushed, before the summary
-        for actor in (relay, clock, board):
+        for actor in (relay, clock, board, counter):
             if actor is not None:
                 ray.kill(actor)
     wall = time.perf_counter() - t0
     mpath = os.path.join(out_dir, "metrics.json")
+    if os.path.exists(mpath):
+        os.remove(mpath)  # only this run's result, from where rank 0 put it (it may run on another node)
+    results.download(identity.run_dir(store, cfg.run.name), out_dir)
     metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
-    best = None
-    try:
-        best = result.get_best_checkpoint("val_top1", "max")
-    except Exception:  # older Ray: fall back to the latest
-        best = result.checkpoint
+    best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")  # an evaluated epoch's (worker.CHECKPOINT_SCORE)
     metrics.update(wall_seconds=wall, best_checkpoint=best.path if best else None,
                    latest_checkpoint=result.checkpoint.path if result.checkpoint else None, fingerprint=fp,
                    mlflow_run_id=run_id)

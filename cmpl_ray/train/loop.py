@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from ..algorithm import PL_COUNTS, compute_objective
 from ..config import Config
+from ..data.decode import PYAV
+from .build import objective_kwargs
 from .ema import WeightEma
 
 MEAN, STD = 0.45, 0.225  # PySlowFast's Kinetics normalisation, per channel
@@ -63,6 +65,7 @@ class EpochResult:
     looped_samples: int = 0
     good_samples: int = 0  # decoded clips that trained (labeled + unlabeled, looped short videos included)
     pl_counts: dict[str, Tensor] = field(default_factory=dict)  # "f"/"a" -> (K, 4) pseudo_label_counts sums
+    read_by: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # decoder code -> {(stream, index)}
 
 
 def _any_nonfinite(loss: Tensor) -> bool:
@@ -79,6 +82,11 @@ def _collect_bad(batch: Mapping[str, Tensor], res: EpochResult) -> None:
             continue
         idx = batch[f"{stream}_index"]
         res.good_samples += int(((err == 0) | (err == 99)).sum())
+        dec = batch.get(f"{stream}_dec")
+        if dec is not None:  # which library read each good video (decord, or PyAV for what decord cannot open)
+            for d, i in zip(dec.flatten().tolist(), idx.flatten().tolist()):
+                if d >= 0:
+                    res.read_by.setdefault(int(d), set()).add((stream, int(i)))
         for i in torch.nonzero(err > 0).flatten().tolist():
             code = int(err[i])
             if code == 99:  # looped short video: usable, only counted
@@ -138,11 +146,8 @@ def train_one_epoch(
             if k in batch:
                 x[k] = batch[k].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, stats = compute_objective(
-                primary, aux, x, algo=cfg.algo.name, scheme=cfg.algo.scheme, threshold=cfg.algo.threshold,
-                lambda_u=lam, aux_supervised=cfg.algo.aux_supervised, aux_unsupervised=cfg.algo.aux_unsupervised,
-                bn_mode=cfg.algo.bn_mode, aux_stream=aux_stream,
-            )
+            loss, stats = compute_objective(primary, aux, x, **objective_kwargs(cfg, lambda_u=lam),
+                                            aux_stream=aux_stream)
         optimizer.zero_grad(set_to_none=True)
         if _any_nonfinite(loss):
             res.skipped_steps += 1
@@ -206,17 +211,26 @@ def evaluate(
     ``y`` labels, ``valid`` bool. Returns per-class count tensors (summed over ranks by the caller):
     ``total``, ``top1``, ``top5`` for the primary and ``aux_top1``/``aux_top5`` when ``aux`` is given,
     plus ``invalid`` (videos that could not be decoded).
+
+    DDP wrappers are looked through: a wrapped net's forward is a collective (it broadcasts BatchNorm buffers),
+    and a rank whose val share is empty or unreadable runs no forward, which would leave the others waiting.
+    The caller makes the ranks' weights equal first.
     """
+    primary = getattr(primary, "module", primary)
+    aux = getattr(aux, "module", aux) if aux is not None else None
     primary.eval()
     if aux is not None:
         aux.eval()
     out = {k: torch.zeros(num_classes, dtype=torch.float64) for k in ("total", "top1", "top5", "aux_top1", "aux_top5")}
     out["invalid"] = torch.zeros(1, dtype=torch.float64)
+    out["read_by_pyav"] = torch.zeros(1, dtype=torch.float64)  # val videos decord could not open
     k5 = min(5, num_classes)
     for batch in batches:
         valid = batch["valid"].bool()
         pad = batch["err"] == 98 if "err" in batch else torch.zeros_like(valid)  # rows that even out the split
         out["invalid"] += float((~valid & ~pad).sum())
+        if "dec" in batch:
+            out["read_by_pyav"] += float((batch["dec"] == PYAV).sum())
         if not bool(valid.any()):
             continue
         y = batch["y"][valid].long()
@@ -241,6 +255,8 @@ def summarize_eval(counts: Mapping[str, Tensor], has_aux: bool) -> dict[str, flo
     n = float(total.sum())
     seen = total > 0
     res = {"val_videos": n, "val_invalid": float(counts["invalid"].sum())}
+    if "read_by_pyav" in counts:
+        res["val_read_by_pyav"] = float(counts["read_by_pyav"].sum())
     for prefix in ("",) + (("aux_",) if has_aux else ()):
         res[f"{prefix}val_top1"] = 100.0 * float(counts[f"{prefix}top1"].sum()) / max(n, 1.0)
         res[f"{prefix}val_top5"] = 100.0 * float(counts[f"{prefix}top5"].sum()) / max(n, 1.0)

@@ -24,7 +24,7 @@ import torch
 from ..algorithm import compute_objective
 from ..config import Config
 from ..data.pipeline import ClipDecoder, _pairs, class_names, epoch_rows, read_split_lists, resolve_data, resolve_flip_map
-from .build import build_networks, make_optimizer
+from .build import build_networks, make_optimizer, objective_kwargs
 from .local import StepBatches, _worker_init
 from .loop import normalize
 
@@ -69,8 +69,10 @@ def lr_range_test(cfg: Config, *, start: float = 1e-4, end: float = 10.0, steps:
     net, _ = build_networks(cfg, k)
     opt = make_optimizer(cfg, net, None)
     b_l = cfg.train.batch_labeled
+    # one_thread=False: the decoder is built in this process, whose thread count is the caller's (``threads``);
+    # loader worker processes get one thread each from _worker_init
     dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, False, seed, _pairs(labeled, cfg.data.root), None, 0,
-                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names))
+                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names), one_thread=False)
     rows = epoch_rows(len(labeled), 0, steps * b_l, 0, [seed, 0])
     loader = torch.utils.data.DataLoader(StepBatches(dec, rows, np.arange(len(rows), dtype=np.int64), b_l),
                                          batch_size=None, num_workers=loader_workers,
@@ -86,7 +88,7 @@ def lr_range_test(cfg: Config, *, start: float = 1e-4, end: float = 10.0, steps:
         x = {"l_p": normalize(batch["l_p"], torch.device("cpu")), "y_l": batch["y_l"]}
         if "l_valid" in batch:
             x["l_valid"] = batch["l_valid"]
-        loss, _ = compute_objective(net, None, x, algo="supervised")
+        loss, _ = compute_objective(net, None, x, **objective_kwargs(cfg))  # cfg's algo is "supervised" here
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

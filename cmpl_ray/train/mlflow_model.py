@@ -5,15 +5,17 @@ What is logged (:func:`log_primary_model`), as model ``primary`` of the run (``r
 - the primary network with the weights validation measured (the EMA when the run kept one, as ``cmpl-ray
   eval`` loads them), in eval mode, saved in MLflow's ``pt2`` format (``torch.export``): a self-contained graph,
   so loading needs neither pickle (no ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``) nor this package;
-- signature: input float32 ``(-1, 3, T, H, W)``, the clip normalised as in training (uint8 / 255, minus the
-  ImageNet mean, over its std; :func:`cmpl_ray.train.loop.normalize`), output float32 ``(-1, num_classes)``
-  logits (softmax them for probabilities);
+- signature: input float32 ``(-1, 3, T, H, W)``, the clip normalised as in training (uint8 / 255, minus
+  ``loop.MEAN``, over ``loop.STD``, the same for every channel; :func:`cmpl_ray.train.loop.normalize`), output
+  float32 ``(-1, num_classes)`` logits (softmax them for probabilities);
 - input example: two normalised test-time views decoded from the validation list. Two, not one: ``torch.export``
   specialises a dimension whose example size is 1, so a one-clip example gives a model that accepts exactly one
   clip per call (measured on torch 2.13: "Guard failed: x.size()[0] == 1" for a batch of 3);
 - metadata ``cmpl_ray``: class names, the resolved config (the test-time preprocessing ``cmpl-ray predict``
-  repeats), epoch, global step and the checkpoint's validation metrics; the run's metrics at that step are
-  linked to the model by MLflow (its ``step``);
+  repeats), the input normalisation (``normalization``: scale, per-channel mean and std, and the ``input``
+  sentence, both read from ``loop``'s constants so they cannot disagree with training), epoch, global step and
+  the checkpoint's validation metrics; the run's metrics at that step are linked to the model by MLflow (its
+  ``step``);
 - ``pip_requirements`` pinned to this torch and mlflow: given explicitly, MLflow does not spend seconds inferring
   them in a subprocess.
 
@@ -64,6 +66,21 @@ def input_example(cfg: Any, num_classes: int, videos: list[str], n: int = EXAMPL
     return normalize(torch.from_numpy(clips), torch.device("cpu")).numpy().astype(np.float32)
 
 
+def normalization_metadata() -> dict[str, Any]:
+    """What :func:`cmpl_ray.train.loop.normalize` does, as numbers a client can apply: ``(x / scale - mean[c]) /
+    std[c]``. Read from ``loop`` at call time, so the metadata always states the constants training used."""
+    from . import loop
+
+    return {"scale": 255.0, "mean": [loop.MEAN] * 3, "std": [loop.STD] * 3}
+
+
+def input_description() -> str:
+    """The model's input and output in one sentence, from :func:`normalization_metadata`."""
+    norm = normalization_metadata()  # one value per channel, the same for all three
+    return (f"float32 (N, 3, T, H, W): uint8 RGB / {norm['scale']:g}, minus mean {norm['mean'][0]}, over std "
+            f"{norm['std'][0]} (every channel); output: logits (N, num_classes)")
+
+
 def signature_for(example: np.ndarray, num_classes: int):
     """Tensor signature: any batch of clips shaped like ``example`` -> logits."""
     from mlflow.models import ModelSignature
@@ -96,9 +113,8 @@ def log_primary_model(uri: str, run_id: str, checkpoint: str, *, example: np.nda
         example = input_example(cfg, len(names), videos if videos is not None else _val_videos(cfg))
     meta = {"class_names": names, "config": cfg.to_dict(), "epoch": int(state["epoch"]) + 1,
             "global_step": int(state["global_step"]), "weights": "ema" if state.get("ema") else "live",
-            "metrics": state.get("metrics", {}),
-            "input": "float32 (N, 3, T, H, W): uint8 RGB / 255, minus mean (0.485, 0.456, 0.406), "
-                     "over std (0.229, 0.224, 0.225); output: logits (N, num_classes)"}
+            "metrics": state.get("metrics", {}), "normalization": normalization_metadata(),
+            "input": input_description()}
     uri = tracking.resolve_tracking_uri(uri)
     client = tracking._client(uri)
     run = client.get_run(run_id)

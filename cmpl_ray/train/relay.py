@@ -42,8 +42,10 @@ class MlflowRelay:
                     f.write(data)
             self.client.log_artifacts(run_id, tmp, artifact_path)
 
-    def max_step(self, run_id: str, key: str) -> int:
-        return max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
+    def max_steps(self, run_id: str) -> dict[str, int]:
+        from .tracking import store_max_steps
+
+        return store_max_steps(self.client, run_id)
 
 
 class RelayClient:
@@ -76,8 +78,9 @@ class RelayClient:
                     files.append((os.path.relpath(p, local_dir), f.read()))
         self._call("log_files", run_id, files, artifact_path)
 
-    def max_step(self, run_id: str, key: str) -> int:
-        return int(self._call("max_step", run_id, key))
+    def max_steps(self, run_id: str) -> dict[str, int]:
+        """Highest step per metric key of ``run_id`` (:func:`~.tracking.store_max_steps` on the head node)."""
+        return dict(self._call("max_steps", run_id))
 
 
 def start_relay(uri: str):

@@ -11,6 +11,15 @@ and the error) and every metric that could not be sent is appended to a local JS
 (``{"key","value","step","timestamp"}`` per line). Later flushes re-send the buffer first, and
 :func:`replay_buffer` sends a leftover buffer to a run afterwards, so nothing is silently lost.
 
+Each (metric, step) reaches the run once, whatever restarts and outages happen (the ONE place that rule lives):
+steps only grow per metric key, so the store's highest step per key (:func:`store_max_steps`, one ``get_run``)
+says what the run already has. A Tracker asks for it before its first send and again after every failure
+(what landed during an outage is unknown), and every send -- live metrics, the buffer, :func:`replay_buffer` --
+drops records at or below it, and repeats of a (key, step) within what it sends (the first one wins). So a
+restarted rank 0 simply logs every step it runs: the steps a previous attempt already logged, or buffered, are
+not sent twice. Caveat: a step below the highest one is dropped even if the store lacks it (a gap, e.g. a buffer
+left on another node), never duplicated.
+
 HTTP stores must fail fast: MLflow's defaults (7 retries, exponential backoff, 120 s timeout)
 block a training step for minutes. :func:`_fast_http_defaults` sets ``MLFLOW_HTTP_REQUEST_*``
 with ``os.environ.setdefault`` (a user's explicit value wins); mlflow 3.17 reads them on every
@@ -102,8 +111,12 @@ def _append_jsonl(path: str, records: list[dict]) -> None:
     if not records:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    with open(path, "a+b") as f:  # appends always go to the end, whatever the read position
+        torn = False
+        if f.seek(0, os.SEEK_END) > 0:  # a torn last line (crash mid-write) must not swallow the first new record
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + "".join(json.dumps(r) + "\n" for r in records)).encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 
@@ -124,8 +137,37 @@ def _read_jsonl(path: str) -> list[dict]:
     return out
 
 
-def _send(client, run_id: str, records: list[dict]) -> int:
-    """Send records in batches of 1000. On failure, raises with ``.sent`` = count already sent."""
+def store_max_steps(client, run_id: str) -> dict[str, int]:
+    """Highest step per metric key that ``run_id`` has in the store (keys without metrics are absent).
+
+    One ``get_run``: the store keeps each key's latest metric by (step, timestamp, value), so its step is the
+    key's highest. ``client``: an ``MlflowClient``, or anything with ``max_steps(run_id)`` (a
+    :class:`~.relay.RelayClient`, which answers with this function on the head node). Errors raise."""
+    if hasattr(client, "max_steps"):
+        return {str(k): int(v) for k, v in client.max_steps(run_id).items()}
+    data = client.get_run(run_id).data
+    objs = getattr(data, "_metric_objs", None)  # RunData keeps the Metric objects (with step) only here
+    if objs is None:  # a future MLflow without it: the full histories (slower, same answer)
+        return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in data.metrics}
+    return {str(m.key): int(m.step) for m in objs}
+
+
+def _unsent(records: list[dict], known: dict[str, int]) -> list[dict]:
+    """``records`` minus those the store has (``step <= known[key]``) and minus repeats of a (key, step)."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for r in records:
+        ks = (r["key"], r["step"])
+        if ks in seen or r["step"] <= known.get(r["key"], r["step"] - 1):
+            continue
+        seen.add(ks)
+        out.append(r)
+    return out
+
+
+def _send(client, run_id: str, records: list[dict], known: dict[str, int] | None = None) -> int:
+    """Send records in batches of 1000, raising ``known`` (highest step per key in the store) as each lands.
+    On failure, raises with ``.sent`` = count already sent."""
     from mlflow.entities import Metric
 
     sent = 0
@@ -135,19 +177,29 @@ def _send(client, run_id: str, records: list[dict]) -> int:
             client.log_batch(run_id, metrics=[
                 Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
             sent += len(chunk)
+            if known is not None:
+                for r in chunk:
+                    known[r["key"]] = max(known.get(r["key"], r["step"]), r["step"])
     except Exception as e:
         e.sent = sent  # type: ignore[attr-defined]
         raise
     return sent
 
 
-def _replay(client, run_id: str, path: str) -> int:
-    """Send the buffer file; on partial failure rewrite it with only the unsent tail."""
+def _replay(client, run_id: str, path: str, known: dict[str, int] | None = None) -> int:
+    """Send the buffer file's records the store does not have yet (``known``: highest step per key in the store,
+    asked when None; raised as batches land); on partial failure rewrite the file with only the unsent tail.
+    Returns how many were sent."""
     records = _read_jsonl(path)
     if not records:
+        if os.path.exists(path):
+            os.remove(path)
         return 0
+    if known is None:
+        known = store_max_steps(client, run_id)
+    records = _unsent(records, known)
     try:
-        n = _send(client, run_id, records)
+        n = _send(client, run_id, records, known)
     except Exception as e:
         rest = records[getattr(e, "sent", 0):]
         tmp = path + ".tmp"
@@ -160,7 +212,8 @@ def _replay(client, run_id: str, path: str) -> int:
 
 
 def replay_buffer(uri: str, run_id: str, buffer_path: str) -> int:
-    """Send a buffer file left by a Tracker to ``run_id``; returns how many metrics were sent.
+    """Send a buffer file left by a Tracker to ``run_id``; returns how many metrics were sent. Records the run
+    already has (step at or below the run's highest for that key) or that repeat a (key, step) are not sent.
     The file is removed once everything is sent (no duplicates on a second call); errors raise."""
     return _replay(_client(resolve_tracking_uri(uri)), run_id, buffer_path)
 
@@ -171,6 +224,10 @@ class Tracker:
     Metrics are batched in memory and sent every ``flush_every`` calls (one request instead of
     one per step). After a failure we stop contacting MLflow for ``retry_interval_s`` so a dead
     server costs one timeout per interval, not one per flush; ``close`` always tries once more.
+
+    Pending metrics go through the buffer file (appended, then sent from it), so a crash mid-send loses
+    nothing; before sending, records the run already has are dropped (module docstring): a new Tracker on
+    the same run (a restarted worker) may log steps again, they are sent once.
     """
 
     def __init__(self, uri: str, run_id: str | None, buffer_path: str, flush_every: int = 20,
@@ -189,6 +246,7 @@ class Tracker:
         self._down_until = 0.0
         self._client = client  # e.g. a relay.RelayClient: the store is reached from the head node
         self._nonfinite_keys: set[str] = set()
+        self._known: dict[str, int] | None = None  # store's highest step per key; None: ask before sending
 
     def _get_client(self):
         self._client = self._client or _client(self.uri)
@@ -199,6 +257,7 @@ class Tracker:
 
     def _failed(self, what: str, e: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_interval_s
+        self._known = None  # what landed is unknown now: ask the store again once it answers
         if not self._warned:
             self._warned = True
             _warn(f"MLflow at {self.uri} unreachable ({what}: {e!r}); training continues, "
@@ -240,24 +299,20 @@ class Tracker:
             self._failed("set_tags", e)
 
     def flush(self, force: bool = False) -> None:
-        """Re-send the buffer file, then pending metrics; whatever fails goes to the file."""
+        """Append pending metrics to the buffer file, then send it (older records first) minus what the run
+        already has; whatever is not sent stays in the file."""
         pending, self._pending = self._pending, []
+        _append_jsonl(self.buffer_path, pending)
         if not self._online(force):
-            _append_jsonl(self.buffer_path, pending)
             return
-        try:
-            client = self._get_client()
-            _replay(client, self.run_id, self.buffer_path)
+        if os.path.exists(self.buffer_path):
             try:
-                _send(client, self.run_id, pending)
-            except Exception as e:
-                pending = pending[getattr(e, "sent", 0):]
-                raise
-            pending = []
-        except Exception as e:  # noqa: BLE001
-            self._failed("log_batch", e)
-        finally:
-            _append_jsonl(self.buffer_path, pending)
+                client = self._get_client()
+                if self._known is None:  # first contact, or the first after a failure
+                    self._known = store_max_steps(client, self.run_id)
+                _replay(client, self.run_id, self.buffer_path, self._known)
+            except Exception as e:  # noqa: BLE001
+                self._failed("log_batch", e)
         self._flush_tags(force)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> bool:

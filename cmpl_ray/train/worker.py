@@ -26,7 +26,9 @@ import ray.train.torch
 
 from ..config import Config, from_dict, save_config
 from ..data.epochs import KEY_STRIDE
+from ..data.decode import DECODER_NAMES
 from ..data.pipeline import ERR_CODES
+from . import attempts, results
 from . import checkpoint as ckpt
 from .build import build_networks, make_optimizer
 from .console import format_step, step_event
@@ -38,6 +40,9 @@ from .relay import RelayClient
 from .tracking import Tracker, write_metrics_json
 
 log = logging.getLogger("cmpl_ray.train")
+
+CHECKPOINT_SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: val_top1 of an evaluated epoch
+UNEVALUATED_SCORE = -1.0  # below any top-1: an epoch without evaluation is never the best checkpoint
 
 
 _board: list[Any] = [None]  # the driver's progress board (cmpl_ray.train.console), set by rank 0's loop
@@ -64,20 +69,6 @@ def _push(event: dict[str, Any], wait: bool = False) -> bool:
     except Exception:  # noqa: BLE001 - the board is display only: fall back to stdout
         _board[0] = None
         return False
-
-
-def _last_logged_step(uri: str, run_id: str | None, client: Any = None) -> int:
-    """Highest step this MLflow run already has (from the per-epoch ``global_step`` metric); -1 if unknown."""
-    if not run_id:
-        return -1
-    try:
-        if client is not None:
-            return client.max_step(run_id, "global_step")
-        from mlflow import MlflowClient
-
-        return max((m.step for m in MlflowClient(uri).get_metric_history(run_id, "global_step")), default=-1)
-    except Exception:  # tracking down: nothing to de-duplicate against
-        return -1
 
 
 def _all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,6 +153,67 @@ def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor
             w.writerow(row + [f"{pseudo[net][q][i]:.2f}" for net, q in cols])
 
 
+def _restore_state(cfg: Config, config: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """(checkpoint state or None, whether it is this run's own checkpoint). Ray's restore (a restarted worker
+    group or a re-run of the same command) comes first; else ``run.resume``, which the driver read and put in
+    the object store (``resume_state``), so every rank gets it on any node whatever the path was relative to."""
+    resume = ray.train.get_checkpoint()
+    state = None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state = ckpt.load_checkpoint(d)
+    elif config.get("resume_state") is not None:
+        state = ray.get(config["resume_state"])
+    elif cfg.run.resume:  # a caller that did not go through the driver (kept for the Ray-free tools)
+        state = ckpt.load_checkpoint(cfg.run.resume)
+    if state is not None and config.get("identity") is not None:  # the driver checked too: this is the last guard
+        check_checkpoint(state, config["identity"], "restored checkpoint" if resume is not None else cfg.run.resume)
+    return state, resume is not None
+
+
+def _broadcast_from_rank0(nets: list[torch.nn.Module | None]) -> None:
+    """Make every rank's evaluation weights rank 0's: the ones its checkpoint saves. DDP keeps parameters equal
+    but each rank's BatchNorm running statistics (and their EMA) end an epoch on its own last batch. Called by
+    every rank, unconditionally, so the collectives always match."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    with torch.no_grad():
+        for net in nets:
+            if net is None:
+                continue
+            for t in list(ckpt.unwrap(net).state_dict().values()):
+                if on is None or t.device == on:
+                    dist.broadcast(t, src=0)
+                else:
+                    buf = t.to(on)
+                    dist.broadcast(buf, src=0)
+                    t.copy_(buf.to(t.device))
+
+
+def _name_bad_files(epoch_bad, bad_files: dict[str, str], lists: dict[str, list[str]], rank: int) -> None:
+    """Record each bad (stream, index, code) once in ``bad_files`` and name its file once on rank 0."""
+    for src, idx, code in epoch_bad:
+        key = f"{src}:{idx}"
+        if key in bad_files:
+            continue
+        bad_files[key] = ERR_CODES.get(code, str(code))
+        if rank == 0:
+            lst = lists["labeled" if src == "l" else "unlabeled"]
+            say(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: {ERR_CODES.get(code, code)}")
+
+
+def _worker_group_start(counter: Any, rank: int) -> tuple[str, int]:
+    """(driver session, attempt) of this worker-group start: rank 0 asks the counter once, the others get its
+    answer, so a group of N workers counts one start, not N."""
+    answer = [("", 1)]
+    if counter is not None and rank == 0:
+        answer = [ray.get(counter.start.remote())]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(answer, src=0)
+    return answer[0]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: cfg (dict), num_classes, class_names, steps, run_id, tracking_uri."""
     cfg: Config = from_dict(config["cfg"])
@@ -178,17 +230,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     primary, aux = build_networks(cfg, num_classes)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
 
+    session, attempt = _worker_group_start(config.get("attempts"), rank)
     start_epoch, global_step, history, best = 0, 0, [], -1.0
-    skipped_total, looped_total, bad_files, restarts, good_total = 0, 0, {}, 0, 0
-    resume = ray.train.get_checkpoint()
-    state = None
-    if resume is not None:
-        with resume.as_directory() as d:
-            state = ckpt.load_checkpoint(d)
-    elif cfg.run.resume:
-        state = ckpt.load_checkpoint(cfg.run.resume)
-    if state is not None and config.get("identity") is not None:  # the driver checked too: this is the last guard
-        check_checkpoint(state, config["identity"], "restored checkpoint" if resume is not None else cfg.run.resume)
+    skipped_total, looped_total, bad_files, good_total = 0, 0, {}, 0
+    read_by: dict[str, set[str]] = {name: set() for name in DECODER_NAMES.values()}  # "l:3" keys, run-wide
+    state, own_checkpoint = _restore_state(cfg, config)
+    restarts = attempts.restarts(session, attempt, state.get("extra", {}) if state is not None else None,
+                                 own_checkpoint)
     if state is not None:
         ckpt.restore(state, primary=primary, aux=aux, scaler=scaler)  # optimizer: after the move to device
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
@@ -197,9 +245,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         skipped_total, looped_total = extra.get("skipped_total", 0), extra.get("looped_total", 0)
         good_total = extra.get("good_total", 0)
         bad_files = extra.get("bad_files", {})
-        restarts = extra.get("restarts", 0) + (1 if resume is not None else 0)
+        read_by.update({name: set(keys) for name, keys in extra.get("read_by", {}).items()})
         if rank == 0:
             say(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})")
+    elif restarts and rank == 0:
+        say(f"[cmpl-ray] restarted from the beginning (restart {restarts}: no checkpoint yet)")
 
     if cfg.train.channels_last and device.type == "cuda":  # before DDP wraps (and buckets) the parameters
         primary = primary.to(memory_format=torch.channels_last_3d)
@@ -216,20 +266,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ema is not None and state is not None and state.get("ema"):
         ema.load_state_dict(state["ema"])
 
-    tracker, logged_through = None, -1
+    tracker = None
     if rank == 0 and cfg.tracking.enabled:
-        # sent once per epoch, before its checkpoint; after a restart, steps the run already logged (the redone
-        # part of an epoch that was flushed but not checkpointed) are skipped: no gap, no duplicate step
+        # sent once per epoch, before its checkpoint; after a restart (with or without a checkpoint) the redone
+        # steps are logged again and the Tracker drops every (metric, step) the run already has, buffered ones too
         relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
         tracker = Tracker(config["tracking_uri"], config.get("run_id"),
                           os.path.join(config["output_dir"], "mlflow_buffer.jsonl"), flush_every=10**9, client=relay)
-        logged_through = (_last_logged_step(config["tracking_uri"], config.get("run_id"), relay)
-                          if state is not None else -1)
     total_steps = steps * cfg.train.epochs
     t_run = time.perf_counter()
 
     def log_step(step: int, stats: dict[str, float]) -> None:
-        if tracker is not None and step > logged_through:
+        if tracker is not None:
             tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
         if rank == 0:
             done = step - start_epoch * steps
@@ -245,56 +293,54 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metrics: dict[str, float] = {}
     counts = None
     pseudo: dict[str, dict[str, list[float]]] | None = None  # last epoch's pseudo-labels per class and network
-    stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
+    run_batches = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
     for epoch in range(start_epoch, cfg.train.epochs):
-        batches = itertools.islice(stream, steps)  # this epoch's steps of the run-long stream
+        batches = itertools.islice(run_batches, steps)  # this epoch's steps of the run-long stream
         res = train_one_epoch(primary, aux, optimizer, batches, cfg, epoch=epoch, steps=steps, global_step=global_step,
                               total_steps=total_steps, device=device, scaler=scaler, log_fn=log_step, ema=ema)
         global_step += res.steps + res.skipped_steps
         if res.pl_counts:  # this epoch's pseudo-labels per class, over every rank (per_class.csv, metrics.json)
             pseudo = {n: pseudo_label_per_class(c) for n, c in _all_reduce_counts(dict(res.pl_counts)).items()}
         # bad samples of every rank -> one warning per file on rank 0, exact counts
-        gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples))
+        gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples, res.read_by))
+        for g in gathered:
+            for code, keys in g[4].items():
+                read_by[DECODER_NAMES[code]].update(f"{src}:{i}" for src, i in keys)
         good_total += sum(g[3] for g in gathered)
         epoch_bad = [b for g in gathered for b in g[0]]
         looped_total += sum(g[1] for g in gathered)
         skipped_total += len(epoch_bad)
-        for stream, idx, code in epoch_bad:
-            key = f"{stream}:{idx}"
-            if key not in bad_files:
-                bad_files[key] = ERR_CODES.get(code, str(code))
-                if rank == 0:
-                    lst = config["lists"]["labeled" if stream == "l" else "unlabeled"]
-                    say(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: "
-                        f"{ERR_CODES.get(code, code)}")
+        _name_bad_files(epoch_bad, bad_files, config["lists"], rank)
         if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
             raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
         metrics = {f"train_{k}": v for k, v in res.means.items()}
         metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total, good_samples=good_total,
-                       looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds)
+                       looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds,
+                       restarts=restarts, **{f"files_read_by_{n}": len(k) for n, k in read_by.items()})
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
-            batches = val_batches()
             eval_p, eval_a = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
-            counts = _all_reduce_counts(evaluate(eval_p, eval_a, batches, num_classes, device))
+            _broadcast_from_rank0([eval_p, eval_a])
+            counts = _all_reduce_counts(evaluate(eval_p, eval_a, val_batches(), num_classes, device))
             ev = summarize_eval(counts, aux is not None)
             best = max(best, ev["val_top1"])
             metrics.update(ev)
-        metrics["val_top1_best"] = best
-        metrics.setdefault("val_top1", history[-1].get("val_top1", 0.0) if history else 0.0)
+        # Ray ranks checkpoints by CHECKPOINT_SCORE: an epoch without evaluation can never be the best one
+        metrics.update(val_top1_best=best, evaluated=float(evaluated),
+                       **{CHECKPOINT_SCORE: metrics["val_top1"] if evaluated else UNEVALUATED_SCORE})
         history.append({k: float(v) for k, v in metrics.items()})
-        if tracker is not None and global_step > logged_through:
-            # val_top1 is carried in non-eval epochs only for Ray's checkpoint ranking: do not log it again; the
-            # train_* epoch means stay in the report (Tune) and metrics.json: MLflow has them per step as train/*
+        if tracker is not None:
+            # the train_* epoch means stay in the report (Tune) and metrics.json: MLflow has them per step as train/*
             tracker.log_metrics({k: v for k, v in metrics.items() if not k.startswith("train_")
-                                 and (evaluated or not k.startswith(("val_", "aux_val_")))}, global_step)
+                                 and k not in (CHECKPOINT_SCORE, "evaluated")}, global_step)
             tracker.flush()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 extra = {"history": history, "best": best, "skipped_total": skipped_total, "good_total": good_total,
                          "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts,
-                         "identity": config.get("identity")}
+                         "session": session, "attempt": attempt, "identity": config.get("identity"),
+                         "read_by": {n: sorted(k) for n, k in read_by.items()}}
                 ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
                                      global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra,
                                      ema=ema)
@@ -311,17 +357,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # report the final metrics again so Tune records the trial as complete, not stopped at its last report
         ray.train.report({k: v for k, v in history[-1].items()})
     if rank == 0:
-        out = config["output_dir"]
-        os.makedirs(out, exist_ok=True)
+        _write_results(cfg, config, history, dict(skipped_samples=skipped_total, looped_samples=looped_total,
+                       restarts=restarts, good_samples=good_total, bad_files=bad_files, world_size=world),
+                       counts, pseudo, aux is not None, tracker)
+
+
+def _write_results(cfg: Config, config: dict[str, Any], history: list[dict[str, float]], totals: dict[str, Any],
+                   counts: dict[str, torch.Tensor] | None, pseudo: dict[str, dict[str, list[float]]] | None,
+                   has_aux: bool, tracker: Tracker | None) -> None:
+    """Rank 0's result files, written to a local scratch folder and copied to the run's folder on shared
+    storage (:mod:`cmpl_ray.train.results`), where the driver reads them on any node; then MLflow artifacts."""
+    names, num_classes = config["class_names"], config["num_classes"]
+    with tempfile.TemporaryDirectory(prefix="cmpl-result-") as out:
         final = {k: history[-1][k] for k in history[-1]} if history else {}
-        final.update(epochs=cfg.train.epochs, skipped_samples=skipped_total, looped_samples=looped_total, restarts=restarts,
-                     good_samples=good_total,
-                     bad_files=bad_files, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
-                     world_size=world, history=history)
+        final.update(epochs=cfg.train.epochs, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
+                     history=history, **totals)
         if pseudo:
             final["pseudo_labels_per_class"] = {n: dict(q, classes=names) for n, q in pseudo.items()}
-        write_metrics_json(os.path.join(out, "metrics.json"), final)
-        artifacts = [os.path.join(out, "metrics.json")]
+        artifacts = [write_metrics_json(os.path.join(out, "metrics.json"), final)]
         save_config(cfg, os.path.join(out, "config.yaml"))
         artifacts.append(os.path.join(out, "config.yaml"))
         try:
@@ -329,14 +382,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         except Exception as e:  # a plot must never fail a finished run
             log.warning("pseudo-label plot failed: %r", e)
         if counts is not None:
-            _write_per_class(os.path.join(out, "per_class.csv"), names, counts, aux is not None, pseudo)
+            _write_per_class(os.path.join(out, "per_class.csv"), names, counts, has_aux, pseudo)
             artifacts.append(os.path.join(out, "per_class.csv"))
-            if aux is not None:
+            if has_aux:
                 try:
                     artifacts.append(plot_class_gap(per_class_accuracy(counts), per_class_accuracy(counts, "aux_"),
                                                     names, os.path.join(out, "class_gap.png")))
                 except Exception as e:
                     log.warning("class-gap plot failed: %r", e)
+        if config.get("run_folder"):
+            results.upload(out, config["run_folder"])
         if tracker is not None:
             for a in artifacts:
                 tracker.log_artifact(a)

@@ -59,10 +59,24 @@ def _pin_ray_address() -> None:
     constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
 
 
+def evaluated_reports_callback():
+    """Ray Train -> Tune, evaluated epochs only. With ``train.eval_every > 1`` an epoch without evaluation has
+    no val_* metric: Tune would refuse a sweep metric missing from a report, and ASHA would rank a trial by a
+    number that was not measured at that epoch. The last epoch is always evaluated, so Tune's final result is
+    the trial's final one; ASHA's rungs compare ``epoch`` (its ``time_attr``) and accept the gaps."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EvaluatedReports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("evaluated", 1.0):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EvaluatedReports()
+
+
 def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """One trial: config for the sampled axis values -> ``run_training`` reporting each epoch to Tune."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..train.launch import run_training
 
@@ -84,7 +98,7 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # (RunMismatch fails the trial otherwise); one that had already trained its last epoch is reported
     # straight from its record (identity.complete) without starting a Train worker group (~40 s on CPU)
     res = run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
-                       callbacks=[TuneReportCallback()], verbose=True, live=False)
+                       callbacks=[evaluated_reports_callback()], verbose=True, live=False)
     if res.get("already_complete") and res.get("history"):
         tune.report({k: float(v) for k, v in res["history"][-1].items()})
 
