@@ -93,10 +93,10 @@ def test_tiny_forward_backward():
 
 
 def test_models_registry_and_factories():
-    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny", "plain4"}
+    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny", "plain4", "naive"}
     for name, factory in MODELS.items():
         model = factory(3, width=0.125, dropout=0.0)
-        assert isinstance(model, Plain3D if name == "plain4" else ResNet3D)
+        assert isinstance(model, Plain3D if name in ("plain4", "naive") else ResNet3D)
         assert model.fc.out_features == 3
 
 
@@ -107,6 +107,22 @@ def test_plain4_mixes_time_in_every_layer_and_trains():
     assert len(convs) == 4 and all(c.kernel_size == (3, 3, 3) for c in convs)
     x = torch.randn(2, 3, 8, 32, 32)  # (B, C, T, H, W)
     assert model.feature_map(x).shape == (2, 64, 2, 2, 2)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
+    loss.backward()
+    assert convs[0].weight.grad.abs().sum() > 0
+
+
+def test_naive_floor_is_the_issues_network():
+    """4 x (3x3x3 stride-1 conv, BN, ReLU, 1x2x2 max-pool), 16-32-64-128 channels, T kept, H/16 at the end."""
+    model = build_model("naive", NUM_CLASSES, width=1.0, dropout=0.3)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool3d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 128]
+    assert all(c.kernel_size == (3, 3, 3) and c.stride == (1, 1, 1) and c.padding == (1, 1, 1) for c in convs)
+    assert len(pools) == 4 and all(p.kernel_size == (1, 2, 2) for p in pools)
+    x = torch.randn(2, 3, 16, 32, 32)
+    assert model.feature_map(x).shape == (2, 128, 16, 2, 2)
+    assert model.dropout.p == 0.3 and model.fc.in_features == 128
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
     loss.backward()
     assert convs[0].weight.grad.abs().sum() > 0

@@ -103,7 +103,9 @@ def test_tune_objects_build_for_each_searcher_and_scheduler():
     assert isinstance(ts["optim.lr"], tune.search.sample.Float) and ts["optim.lr"].lower == 0.005
     assert isinstance(_searcher(spec), OptunaSearch)
     asha = _scheduler(spec, epochs=20)
-    assert isinstance(asha, ASHAScheduler) and asha._max_t == 20 and asha._reduction_factor == 3
+    # max_t one past the last epoch (no STOP on a finishing trial's last report), the rungs of max_t = epochs
+    assert isinstance(asha, ASHAScheduler) and asha._max_t == 21 and asha._reduction_factor == 3
+    assert [r for r, _ in asha._brackets[0]._rungs] == [12, 4]
     grid = load_space(os.path.join(ROOT, "search_spaces", "table4_frame_rates.yaml"))
     assert to_tune_space(grid)["data.aux_stride"] == {"grid_search": [8, 4, 2]}
     assert _searcher(grid) is None and isinstance(_scheduler(grid, 50), FIFOScheduler)

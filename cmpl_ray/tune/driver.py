@@ -122,7 +122,10 @@ def _scheduler(spec: SweepSpec, epochs: int):
     s = spec.scheduler
     if s["name"] == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=int(s.get("max_t") or epochs),
+    # max_t one past the last epoch: ASHA never sends STOP on a trial's final report, which would end the trial's
+    # driver before run_training copies the result files, publishes the best checkpoint and marks the run complete
+    # (the rungs below max_t are the same ones)
+    return ASHAScheduler(time_attr="epoch", max_t=int(s.get("max_t") or epochs + 1),
                          grace_period=int(s.get("grace_period", 1)), reduction_factor=float(s.get("reduction_factor", 2)))
 
 
