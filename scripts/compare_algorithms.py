@@ -125,7 +125,7 @@ def results_markdown(rows: list[dict], title: str, notes: list[str] | None = Non
     out += ["| margin | mean diff | per-seed diffs (paired) | paired std | wins | 95% CI | seed spread | "
             "> spread? |", "|---|---|---|---|---|---|---|---|"]
     cmpl_rows = [a for a in algos if a.startswith("cmpl")]
-    pairs = [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
+    pairs = [("supervised", "floor")] + [(c, "fixmatch") for c in cmpl_rows] + [("fixmatch", "supervised")]
     pairs += [(c, "supervised") for c in cmpl_rows]
     pairs += [(a, a.split("[")[0]) for a in algos if "[" in a and not a.startswith("cmpl")]  # variant - its base
     pairs += [(c, "cmpl") for c in cmpl_rows if c != "cmpl"]  # another scheme or setting vs the paper's cross
@@ -205,6 +205,22 @@ def start_ray(num_cpus: int | None) -> None:
     ensure_ray(num_cpus, dashboard=True)
 
 
+FLOOR_PRESET = "fewlabel-floor"
+DATA_KEYS = ("data.root", "data.labeled_list", "data.unlabeled_list", "data.val_list", "data.classes_file")
+
+
+def floor_config(overrides: list[str]):
+    """The naive floor's config: its preset as shipped plus this run's data, seed and run keys only (the study's
+    own ``--set``/``--config`` tune the recipe under test, not the floor; no flip, so no flip map)."""
+    from cmpl_ray.config import load_config
+
+    def run_key(o: str) -> bool:
+        key = o.partition("=")[0]
+        return key in DATA_KEYS or key == "train.seed" or key.startswith(("run.", "tracking."))
+
+    return load_config(FLOOR_PRESET, None, [o for o in overrides if run_key(o)] + ["algo.name=supervised"])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,9 +245,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "no semi-supervised method can show a gain; at 0.20 0.26 every label gives 73%%")
     p.add_argument("--labels-per-class", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--algos", nargs="+", default=["supervised", "fixmatch", "cmpl"],
-                   choices=["supervised", "fixmatch", "cmpl", "all-labels"],
-                   help="all-labels = supervised on EVERY training label: the ceiling the few-label rows aim at")
+    p.add_argument("--algos", nargs="+", default=["floor", "supervised", "fixmatch", "cmpl"],
+                   choices=["floor", "supervised", "fixmatch", "cmpl", "all-labels"],
+                   help="all-labels = supervised on EVERY training label: the ceiling the few-label rows aim at; "
+                        "floor = the naive 3D CNN supervised on the labeled split (preset fewlabel-floor, untuned: "
+                        "only the data keys are set), the number every few-label row must clear")
     p.add_argument("--runner", choices=["ray", "local"], default="ray",
                    help="ray = cmpl-ray train (Ray Train + Ray Data + MLflow); local = the Ray-free runner "
                         "(cmpl_ray.train.local: same decoder, loop and evaluation, no MLflow), for quick studies")
@@ -350,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"cmp-{stamp}-{label}-s{seed}"  # fresh name: never resumes an earlier study's checkpoint
         overrides = [f"data.root={root}", f"data.labeled_list={lab_path}", f"data.unlabeled_list={unl_path}",
                      f"data.val_list={val_list}", f"data.classes_file={classes}"] + list(a.overrides) + [
-                     f"algo.name={'supervised' if algo == 'all-labels' else algo}", f"train.seed={seed}",
+                     f"algo.name={'supervised' if algo in ('all-labels', 'floor') else algo}", f"train.seed={seed}",
                      f"run.name={name}",
                      f"run.output_dir={out / 'runs' / f'{label}-s{seed}'}",
                      f"run.storage_path={out / 'ray_results'}", "run.resume="]
@@ -358,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"algo.scheme={scheme}")
         if a.no_tracking or a.runner == "local":
             overrides.append("tracking.enabled=false")
-        cfg = load_config(a.preset, a.config, overrides)
+        cfg = floor_config(overrides) if algo == "floor" else load_config(a.preset, a.config, overrides)
         print(f"[compare] ({len(rows) + 1}/{len(runs)}) {label} seed {seed}", flush=True)
         t0 = time.perf_counter()
         row = {k: None for k in FIELDS} | {"algo": label, "seed": seed, "error": ""}

@@ -66,12 +66,14 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
              f"Per-family tables (per-seed values, pseudo-label mask rate and precision per network): {details}. "
              "Last column: precision of the pseudo-labels the primary learns from "
              "(last round, %), FixMatch / CMPL.", "",
-             "| family | held out | classes | seeds | all labels | supervised | FixMatch | CMPL | CMPL aux | "
-             "FixMatch - sup | CMPL - FixMatch | CMPL - sup | PL precision F |", "|" + "---|" * 13]
-    wins: dict[str, list[tuple[str, float]]] = {"fixmatch-supervised": [], "cmpl-fixmatch": [], "cmpl-supervised": []}
+             "| family | held out | classes | seeds | all labels | naive floor | supervised | FixMatch | CMPL | "
+             "CMPL aux | sup - floor | FixMatch - sup | CMPL - FixMatch | CMPL - sup | PL precision F |",
+             "|" + "---|" * 15]
+    wins: dict[str, list[tuple[str, float]]] = {"supervised-floor": [], "fixmatch-supervised": [], "cmpl-fixmatch": [],
+                                                "cmpl-supervised": []}
     for fam in families:
         if fam not in rows_by_family:
-            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | - | not run |" + " |" * 8)
+            lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | - | - | not run |" + " |" * 10)
             continue
         rows = [r for r in rows_by_family[fam] if r["val_top1"] is not None]
 
@@ -83,7 +85,7 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
             return "-" if math.isnan(m) else f"{m:.1f} ({sd:.1f})"
 
         margins = []
-        for a, b in (("fixmatch", "supervised"), ("cmpl", "fixmatch"), ("cmpl", "supervised")):
+        for a, b in (("supervised", "floor"), ("fixmatch", "supervised"), ("cmpl", "fixmatch"), ("cmpl", "supervised")):
             d = _paired(rows, a, b)
             if not d:
                 margins.append("-")
@@ -97,7 +99,8 @@ def summary_table(rows_by_family: dict[str, list[dict]], families: list[str], ti
         prec = ["-" if math.isnan(p) else f"{100 * p:.1f}" for p in prec]
         seeds = len({r["seed"] for r in rows if r["algo"] != "all-labels"})
         lines.append(f"| {fam} | {'yes' if FAMILIES[fam].held_out else 'no'} | {len(FAMILIES[fam].classes)} | "
-                     f"{seeds} | {cell('all-labels')} | {cell('supervised')} | {cell('fixmatch')} | {cell('cmpl')} | "
+                     f"{seeds} | {cell('all-labels')} | {cell('floor')} | {cell('supervised')} | {cell('fixmatch')} | "
+                     f"{cell('cmpl')} | "
                      f"{cell('cmpl', 'aux_val_top1')} | " + " | ".join(margins) + f" | {' / '.join(prec)} |")
     lines.append("")
     for key, vals in wins.items():

@@ -125,6 +125,9 @@ def summary_markdown(records: list[dict], families: list[str], labels: str, tags
                 and r.get("preset") in presets]
         if full:
             fam_rows.append({"algo": "all-labels", "seed": full[-1]["seed"], "val_top1": full[-1].get("val_top1")})
+        floor = {r["seed"]: r for r in records if r.get("family") == fam and str(r.get("labels")) == str(labels)
+                 and r.get("preset") == "fewlabel-floor" and r.get("algo") == "supervised"}  # latest per split
+        fam_rows += [{"algo": "floor", "seed": seed, "val_top1": r.get("val_top1")} for seed, r in sorted(floor.items())]
         if fam_rows:
             rows[fam] = fam_rows
     seeds = sorted({r["seed"] for rs in rows.values() for r in rs if r["algo"] != "all-labels"})

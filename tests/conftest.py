@@ -7,6 +7,8 @@ read 48-pixel-wide videos (see ``cmpl_ray.data.synth.DECORD_BAD_WIDTHS``).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 SYNTH_SMALL = dict(num_classes=4, per_class=6, seed=0, num_frames=32, size=40, fps=12, val_per_class=2)
@@ -29,3 +31,25 @@ def write_mp4():
     from cmpl_ray.data.synth import write_video
 
     return write_video
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for one test module (the end-to-end modules that train in-process)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def splits(synth_root, tmp_path_factory):
+    """labeled.txt (2 per class) and unlabeled.txt (the rest) of ``synth_root``'s training list, split 0."""
+    from cmpl_ray.data.lists import read_list, split_labeled, write_list
+
+    d = tmp_path_factory.mktemp("splits")
+    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
+    write_list(str(d / "labeled.txt"), lab)
+    write_list(str(d / "unlabeled.txt"), unl)
+    return d

@@ -78,8 +78,8 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
     import compare_suite
 
-    vals = {"direction": {"all-labels": (90, 92, 91), "supervised": (40, 42, 44), "fixmatch": (50, 51, 55),
-                          "cmpl": (55, 57, 58)},
+    vals = {"direction": {"all-labels": (90, 92, 91), "floor": (45, 40, 41), "supervised": (40, 42, 44),
+                          "fixmatch": (50, 51, 55), "cmpl": (55, 57, 58)},
             "heldout": {"all-labels": (70, 71, 72), "supervised": (30, 31, 32), "fixmatch": (29, 30, 31),
                         "cmpl": (33, 33, 33)}}
     for fam, algos in vals.items():
@@ -92,7 +92,9 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
                     w.writerow({"algo": algo, "seed": seed, "val_top1": x, "minutes": 1.0,
                                 "aux_val_top1": 20.0 if algo == "cmpl" else ""})
     md = compare_suite.summary_markdown(tmp_path, ["direction", "heldout", "speed"])
-    assert "| direction | no | 6 | 3 | 91.0 (1.0) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
+    assert "| direction | no | 6 | 3 | 91.0 (1.0) | 42.0 (2.6) | 42.0 (2.0) | 52.0 (2.6) | 56.7 (1.5) | 20.0 (0.0) |" in md
+    assert "| +0.0 (2/3) [" in md  # supervised - floor: -5, +2, +3 (the naive floor column, paired by split)
+    assert "- supervised > floor on 0/1 tuned families (1 tied)" in md  # heldout ran no floor: no margin
     assert "+10.0 (3/3) [" in md and "| heldout | yes |" in md and "| speed | no | - | - | not run |" in md
     assert "- fixmatch > supervised on 1/1 tuned families; held-out `heldout`: -1.0" in md
     assert "- cmpl > fixmatch on 1/1 tuned families; held-out `heldout`: +3.0" in md
@@ -170,8 +172,13 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
              {**rec("direction", "supervised", 0, 11.0), "labels": "all", "overrides": [], "preset": "other"}]
     recs += [rec("heldout", a, 0, v) for a, v in (("supervised", 30.0), ("fixmatch", 40.0), ("cmpl", 35.0))]
     recs += [rec("scale", a, 0, v) for a, v in (("supervised", 30.0), ("fixmatch", 100.0), ("cmpl", 100.0))]
+    # the naive floor: the latest fewlabel-floor supervised run per split, whatever its tag
+    recs += [{**rec("direction", "supervised", s, v, tag="floor"), "preset": "fewlabel-floor"}
+             for s, v in ((0, 20.0), (0, 35.0), (1, 45.0))]
     md = recipe_compare.summary_markdown(recs, ["direction", "speed", "scale", "heldout"], "10", ["study"])
-    assert "| direction | no | 6 | 2 | 97.0 (0.0) | 45.0 (7.1) | 47.0 (2.8) | 55.0 (7.1) |" in md
+    assert "| direction | no | 6 | 2 | 97.0 (0.0) | 40.0 (7.1) | 45.0 (7.1) | 47.0 (2.8) | 55.0 (7.1) |" in md
+    assert "| +5.0 (2/2) [" in md  # supervised - floor: 40 - 35, 50 - 45
+    assert "| heldout | yes | 6 | 1 | - | - | 30.0 (0.0) |" in md  # no floor run: no number
     assert "| +2.0 (1/2) [" in md and "| +8.0 (2/2) [" in md and "| 50.0 / 75.0 |" in md
     assert "99.0" not in md and "11.0" not in md  # another scheme, another preset's ceiling
     assert "| speed | no | - | - | not run |" in md
@@ -190,7 +197,7 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     recs += [{**rec("direction", "supervised", 0, 88.0), "labels": "all", "overrides": wide}]
     md = recipe_compare.summary_markdown(recs, ["direction"], "10", ["w2"],
                                          common=recipe_compare.COMMON + ("model.primary_width",))
-    assert "| direction | no | 6 | 2 | 88.0 (0.0) | 65.0 (7.1) | 66.0 (7.1) | 70.0 (7.1) |" in md
+    assert "| direction | no | 6 | 2 | 88.0 (0.0) | 40.0 (7.1) | 65.0 (7.1) | 66.0 (7.1) | 70.0 (7.1) |" in md
     assert "97.0" not in md and "--study-key model.primary_width" in md
 
 
@@ -199,3 +206,16 @@ def test_margin_is_the_mean_over_paired_seeds_when_one_side_misses_seeds():
     rows += [row("fixmatch", 0, 15.0)]  # only seed 0 ran: +5 on that split, not 15 - 30 = -15
     md = compare.results_markdown(rows, "t")
     assert "| fixmatch - supervised | +5.00 | +5.0 |" in md
+
+
+def test_floor_config_is_the_shipped_floor_with_only_this_runs_data():
+    """``--algos floor``: the naive floor keeps its own recipe; a study's recipe overrides (and the family's flip
+    map, which a no-flip recipe refuses) do not reach it, the data, seed and run keys do."""
+    sets = ["data.root=/d", "data.labeled_list=/d/l.txt", "data.unlabeled_list=/d/u.txt", "data.val_list=/d/v.txt",
+            "data.classes_file=/d/c.txt", "data.flip_label_map=left:right,right:left", "algo.unlabeled_ratio=1",
+            "model.primary_width=2", "algo.name=supervised", "train.seed=2", "run.name=x", "tracking.enabled=false"]
+    cfg = compare.floor_config(sets)
+    assert cfg.model.primary_arch == "naive" and cfg.model.primary_width == 1.0 and cfg.data.flip is False
+    assert cfg.data.flip_label_map == "" and cfg.algo.name == "supervised" and cfg.algo.unlabeled_ratio == 5
+    assert (cfg.data.root, cfg.data.labeled_list, cfg.train.seed, cfg.run.name) == ("/d", "/d/l.txt", 2, "x")
+    assert cfg.tracking.enabled is False and cfg.train.batch_labeled == 16 and cfg.optim.nesterov is True

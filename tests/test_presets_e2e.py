@@ -10,11 +10,9 @@ import json
 import os
 
 import pytest
-import ray
 
 from cmpl_ray.cli import main
 from cmpl_ray.config import load_config
-from cmpl_ray.data.lists import read_list, split_labeled, write_list
 from cmpl_ray.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -22,22 +20,6 @@ pytestmark = pytest.mark.slow
 PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "cmpl_ray", "presets"))
                  if f.endswith(".yaml"))
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def splits(synth_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("splits")
-    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
-    write_list(str(d / "labeled.txt"), lab)
-    write_list(str(d / "unlabeled.txt"), unl)
-    return d
 
 
 def toy_overrides(preset, synth_root, splits, out):

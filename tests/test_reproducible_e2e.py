@@ -23,15 +23,6 @@ from test_train_e2e import _kill_a_worker_after_first_checkpoint
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _cfg(synth_root, tmp, name, **over):
     lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
     if not os.path.exists(tmp / "lab.txt"):

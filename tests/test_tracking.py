@@ -280,6 +280,14 @@ def test_buffer_from_before_restart_is_not_replayed_over_relogged_steps(store, t
     assert not os.path.exists(buf)
 
 
+def _epoch_in_outage(tr, sw, k):
+    """Epoch ``k`` logged while the store is down (buffered, its warning expected)."""
+    sw.down = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackingWarning)
+        _epoch(tr, k)
+
+
 def test_redone_epoch_logged_live_while_old_buffer_is_replayed(store, tmp_path, dead_http_uri):
     """Gap (b): epoch 1 reaches the store, epoch 2 is buffered (outage), crash before epoch 2's checkpoint; the
     next attempt resumes from epoch 1's checkpoint with the store back and redoes epoch 2 live while the old
@@ -290,10 +298,7 @@ def test_redone_epoch_logged_live_while_old_buffer_is_replayed(store, tmp_path, 
     sw = _Switchable(uri, dead_http_uri)
     tr = Tracker(uri, rid, buf, flush_every=10**9, retry_interval_s=0, client=sw)
     _epoch(tr, 0)
-    sw.down = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TrackingWarning)
-        _epoch(tr, 1)  # buffered; then killed before the checkpoint
+    _epoch_in_outage(tr, sw, 1)  # buffered; then killed before the checkpoint
     assert len(open(buf).read().splitlines()) == 7
     tr2 = Tracker(uri, rid, buf, flush_every=10**9)  # resumed from epoch 1's checkpoint: epoch 2 again
     _epoch(tr2, 1, offset=100.0)
@@ -312,10 +317,7 @@ def test_outage_ending_inside_one_attempt_sends_each_step_once(store, tmp_path, 
     sw = _Switchable(uri, dead_http_uri)
     tr = Tracker(uri, rid, buf, flush_every=10**9, retry_interval_s=0, client=sw)
     _epoch(tr, 0)
-    sw.down = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TrackingWarning)
-        _epoch(tr, 1)
+    _epoch_in_outage(tr, sw, 1)
     sw.down = False
     _epoch(tr, 2)
     tr.close()

@@ -13,32 +13,15 @@ import time
 
 import psutil
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from cmpl_ray.cli import main
 from cmpl_ray.config import load_config
-from cmpl_ray.data.lists import read_list, split_labeled, write_list
+from cmpl_ray.data.lists import read_list
 from cmpl_ray.train.checkpoint import load_checkpoint
 from cmpl_ray.train.launch import run_training
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def splits(synth_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("splits")
-    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
-    write_list(str(d / "labeled.txt"), lab)
-    write_list(str(d / "unlabeled.txt"), unl)
-    return d
 
 
 def make_cfg(synth_root, splits, out, **over):

@@ -227,18 +227,14 @@ space:
 """
 
 
-def test_sweep_on_another_metric_with_eval_every_2(synth_root, tmp_path):
+def test_sweep_on_another_metric_with_eval_every_2(synth_root, splits, tmp_path):
     """With ``eval_every > 1`` an epoch without evaluation has no val_* metric: Tune gets only the evaluated
     epochs, so a sweep ranked on any val metric runs (Tune used to refuse the first unevaluated report)."""
-    split_dir = tmp_path / "splits"
-    lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
-    write_list(str(split_dir / "labeled.txt"), lab)
-    write_list(str(split_dir / "unlabeled.txt"), unl)
     space = tmp_path / "every2.yaml"
     space.write_text(SPACE_EVERY2)
     storage = tmp_path / "tune"
     r = subprocess.run([sys.executable, "-m", "cmpl_ray", "tune", str(space), "--name", "e2", "--storage",
-                        str(storage), "--num-cpus", "2", *_sets(synth_root, split_dir, tmp_path)],
+                        str(storage), "--num-cpus", "2", *_sets(synth_root, splits, tmp_path)],
                        cwd=tmp_path, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out = r.stdout + r.stderr
