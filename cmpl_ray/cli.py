@@ -191,6 +191,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from .ui import serve
+
+    return serve(args.tracking_uri, args.sweep, args.experiment, args.port, serve_local=not args.link_only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import commands as data_commands
 
@@ -270,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None)
     p.add_argument("--metric", default=None, help="default: the sweep's metric (val_top1)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="MLflow UI on loopback, opened on the runs (or a sweep's trials) with their "
+                                   "top-1 and swept values as columns")
+    p.add_argument("--tracking-uri", "--store", default="",
+                   help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db; an http(s) server is only linked")
+    p.add_argument("--sweep", default=None, help="open this sweep's trials (cmpl-ray tune --name)")
+    p.add_argument("--experiment", default=None, help="default: the experiment of the newest run")
+    p.add_argument("--port", type=int, default=5000, help="a free one is picked if this is taken")
+    p.add_argument("--link-only", action="store_true", help="write the view and print its link; start no server")
+    p.set_defaults(func=cmd_ui)
 
     data_commands.register(sub)
     return parser

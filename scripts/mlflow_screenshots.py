@@ -1,12 +1,14 @@
 """Screenshots of a finished run in the MLflow UI for the README (docs/img/mlflow-*.png).
 
-    python scripts/mlflow_screenshots.py --store outputs/../mlflow.db [--experiment cmpl-ray-demo] [--out docs/img]
+    python scripts/mlflow_screenshots.py --store mlflow.db [--experiment cmpl-ray-demo] [--sweep NAME] [--out docs/img]
 
-Starts ``mlflow server`` on 127.0.0.1 (a free port, the sqlite store given, job execution off and one worker:
-it answers in ~8 s instead of ~20 s) in its own process group, which is stopped as a whole at the end (the
-server's job workers otherwise stay behind). Headless Chromium through Playwright takes the pages:
+Starts ``mlflow server`` on 127.0.0.1 the way ``cmpl-ray ui`` does (``cmpl_ray/ui.py``: a free port, job execution
+off, one worker, its own process group stopped as a whole at the end) and opens the pages ``cmpl-ray ui`` links
+to, in headless Chromium through Playwright:
 
-- ``mlflow-runs.png``: the experiment's runs table (Dataset and Models columns, plus the top-1 columns);
+- ``mlflow-runs.png``: the experiment's runs table as ``cmpl-ray ui`` opens it (its shared view: the parameters
+  that tell the runs apart, ``val_top1``, ``val_mean_class_acc``, ``aux_val_top1``);
+- ``mlflow-sweep.png`` (with ``--sweep``): the sweep's trials as ``cmpl-ray ui --sweep`` opens them;
 - ``mlflow-run-overview.png``: the newest finished run: parameters, metrics, dataset inputs, logged model;
 - ``mlflow-run-charts.png``: the same run's metric charts, ``train/*`` per step;
 - ``mlflow-run-charts-val.png``: its top-1 charts (``val_*``, ``aux_val_*``) per evaluation.
@@ -17,67 +19,38 @@ for a text of the page to render (the run's name, the model, a metric), then up 
 (the runs page keeps polling) and 2.5 s for charts. The MLflow Assistant side panel is closed first
 (localStorage) so the pages get the full width.
 
-A documentation step, not a runtime dependency: ``pip install playwright`` (do not download its browsers) and a
-system Chromium (Debian: ``apt-get install -y chromium``; pass another binary with ``--chromium``).
+Needs the test extra's ``playwright`` (it downloads no browser) and a system Chromium
+(``bash scripts/install_browser.sh``; another binary with ``--chromium``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from mlflow import MlflowClient
+
+from cmpl_ray import ui
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def start_server(db: str, port: int, log_path: str) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(log_path, "w")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {base} not healthy after {timeout_s:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own group (start_new_session): nothing else
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _sweep_filter(uri: str, sweep: str) -> str:
+    parent = MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()],
+        filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'", max_results=1)[0]
+    return f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
 
 
 def pick_run(db: str, experiment: str, run_id: str | None):
-    from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
@@ -92,22 +65,8 @@ def pick_run(db: str, experiment: str, run_id: str | None):
     return exp, runs[0]
 
 
-def add_columns(page, metrics: list[str], hide: list[str]) -> None:
-    """Show a few metric columns in the runs table (by default 3.17 shows attributes only) and hide empty ones, as
-    a user would with the "Columns" menu (toggled by label); best effort: the shot is still taken if it changed."""
-    try:
-        page.get_by_role("button", name="Columns").click()
-        search = page.get_by_placeholder("Search columns")
-        for m in metrics + hide:
-            search.fill(m)  # the menu then bolds the match: click the label whose whole text is m
-            exact = re.compile("^" + re.escape(m) + "$")
-            page.locator("*:has(> strong)").filter(has_text=exact).first.click()
-        page.keyboard.press("Escape")
-    except Exception as e:  # noqa: BLE001 - documentation only
-        print(f"could not add metric columns: {e!r}", file=sys.stderr)
-
-
-def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, height: int) -> list[Path]:
+def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, height: int,
+          runs_link: str, sweep: tuple[str, str] | None) -> list[Path]:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -115,11 +74,13 @@ def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, hei
     name = run.data.tags.get("mlflow.runName", run.info.run_id)
     # (file, page, a text that is there once the page's data has rendered, viewport height: the run pages are
     # long and scroll inside the app, so a taller viewport rather than a full-page shot)
-    shots = [("mlflow-runs.png", f"/#/experiments/{exp_id}/runs?{q}", name, height // 2),
+    shots = [("mlflow-runs.png", runs_link[len(base):], name, height // 2),
              ("mlflow-run-overview.png", f"/#/experiments/{exp_id}/runs/{run.info.run_id}?{q}", "primary",
               height * 11 // 6),
              ("mlflow-run-charts.png", f"/#/experiments/{exp_id}/runs/{run.info.run_id}/model-metrics?{q}",
               "train/loss", height * 3 // 2)]
+    if sweep:  # (link, a trial's run name)
+        shots.insert(1, ("mlflow-sweep.png", sweep[0][len(base):], sweep[1], height // 2))
     done = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -137,8 +98,6 @@ def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, hei
                 page.wait_for_load_state("networkidle", timeout=10_000)
             except PlaywrightTimeout:
                 pass
-            if fname == "mlflow-runs.png":
-                add_columns(page, ["val_top1", "aux_val_top1"], hide=["Source"])
             page.wait_for_timeout(2500)  # charts and lazy panels render after their data
             for suffix, search in ([("", None), ("-val", "top1")] if fname == "mlflow-run-charts.png" else [("", None)]):
                 clip = None
@@ -161,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", default="mlflow.db", help="sqlite file of a finished run (cmpl-ray demo's mlflow.db)")
     ap.add_argument("--experiment", default="cmpl-ray-demo")
     ap.add_argument("--run-id", default=None, help="default: the newest finished run of the experiment")
+    ap.add_argument("--sweep", default=None, help="also shoot this sweep's trials (cmpl-ray ui --sweep)")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--size", default="1600x900", help="viewport WIDTHxHEIGHT (the runs table gets half the height, the run overview twice, its charts 1.5x)")
@@ -175,16 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     fd, log_path = tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")
     os.close(fd)
-    proc = start_server(db, port, log_path)
+    uri = f"sqlite:///{db}"
+    exp_id, key = ui.prepare(uri, experiment=args.experiment)
+    sweep = None
+    if args.sweep:
+        sweep_exp, sweep_key = ui.prepare(uri, sweep=args.sweep)
+        trial = MlflowClient(uri).search_runs([sweep_exp], filter_string=_sweep_filter(uri, args.sweep), max_results=1)[0]
+        sweep = (ui.link(base, sweep_exp, sweep_key), trial.data.tags["mlflow.runName"])
+    proc = ui.start_server(uri, port, log_path)
     try:
-        print(f"mlflow server {base} healthy after {wait_healthy(base, proc):.1f} s", flush=True)
+        print(f"mlflow server {base} healthy after {ui.wait_healthy(base, proc):.1f} s", flush=True)
         w, h = (int(x) for x in args.size.split("x"))
-        shoot(base, exp.experiment_id, run, out, args.chromium, w, h)
+        shoot(base, exp.experiment_id, run, out, args.chromium, w, h, ui.link(base, exp_id, key), sweep)
     except BaseException:
         print(f"server log: {log_path}", file=sys.stderr)
         raise
     finally:
-        stop_server(proc)
+        ui.stop_server(proc)
     os.remove(log_path)
     return 0
 

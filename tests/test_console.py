@@ -138,12 +138,12 @@ def test_summary_has_headline_metrics_table_files_and_mlflow_command():
     m = {"val_top1": 37.5, "val_top5": 80.0, "val_mean_class_acc": 36.0, "aux_val_top1": 45.8, "aux_val_top5": 90.0,
          "aux_val_mean_class_acc": 44.0, "val_top1_best": 40.0, "skipped_samples": 2, "restarts": 1,
          "best_checkpoint": "/r/ckpt_3", "history": [{"epoch": 8.0}]}
-    lines = console.summary_lines(m, 293.0, "/o", "abc", "mlflow ui --backend-store-uri sqlite:///m.db", "/o/ray.log")
+    lines = console.summary_lines(m, 293.0, "/o", "abc", "cmpl-ray ui --store sqlite:///m.db", "/o/ray.log")
     assert lines[0] == ("[cmpl-ray] done in 4.9 min: val top1 37.50% top5 80.00% mean-class 36.00%, aux top1 45.80%; "
                         "skipped samples 2")
     text = "\n".join(lines)
     for part in ("val top-1          37.50%     45.80%", "best val top-1     40.00%", "restarts 1", "/o  (metrics.json",
-                 "checkpoint  /r/ckpt_3", "/o/ray.log", "MLflow run  abc; browse with: mlflow ui --backend-store-uri"):
+                 "checkpoint  /r/ckpt_3", "/o/ray.log", "MLflow run  abc; browse with: cmpl-ray ui --store sqlite:///m.db"):
         assert part in text, part
     sup = console.summary_lines({"val_top1": 1.0}, 60, "/o", None, None)
     assert "aux" not in "\n".join(sup) and "MLflow" not in "\n".join(sup) and "Ray's log" not in "\n".join(sup)

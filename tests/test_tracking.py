@@ -56,9 +56,11 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
         assert resolve_tracking_uri(u) == u
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert resolve_tracking_uri("") == "http://env:5000"
-    assert ui_command("http://env:5000") == "open http://env:5000"
-    cmd = ui_command("sqlite:///rel.db")
-    assert f"--backend-store-uri sqlite:///{tmp_path}/rel.db" in cmd and "127.0.0.1" in cmd
+    assert ui_command("http://env:5000") == "cmpl-ray ui"  # the default store (here $MLFLOW_TRACKING_URI)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert ui_command("http://env:5000") == "cmpl-ray ui --store http://env:5000"
+    assert ui_command("sqlite:///rel.db", sweep="s1") == f"cmpl-ray ui --store sqlite:///{tmp_path}/rel.db --sweep s1"
+    assert ui_command("sqlite:///mlflow.db") == "cmpl-ray ui"  # the default store needs no flag
 
 
 def test_start_run_params_tags_and_find_run(store):

@@ -9,7 +9,7 @@ progress scrolled past. Quiet mode keeps Ray running as usual but sends what it 
   pipe (CI, ``ray job logs``, a redirected file) a plain step line at most every ``CMPL_PROGRESS_SECONDS``
   (default 30) plus each epoch's last step;
 * every line the workers ``say()`` (evaluations, skipped files, resumes) as it is;
-* an end summary: final metrics, where the files are, the ``mlflow ui`` command.
+* an end summary: final metrics, where the files are, the ``cmpl-ray ui`` command (MLflow UI opened on the runs with their top-1 columns).
 
 ``--verbose`` (or ``CMPL_VERBOSE=1``, for ``ray job submit``) leaves Ray's output alone and prints every step
 event as a plain line (a bar would be torn by Ray's interleaved lines). Nothing here imports Ray: the worker

@@ -94,12 +94,12 @@ def resolve_tracking_uri(uri: str = "") -> str:
     return uri
 
 
-def ui_command(uri: str) -> str:
-    """What a user runs to browse ``uri``; bound to loopback so runs are not exposed."""
+def ui_command(uri: str, sweep: str | None = None) -> str:
+    """What a user runs to browse ``uri``: ``cmpl-ray ui`` (loopback server, runs table with the top-1 columns)."""
     uri = resolve_tracking_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    default = resolve_tracking_uri("")
+    cmd = "cmpl-ray ui" + ("" if uri == default else f" --store {uri}")
+    return cmd + (f" --sweep {sweep}" if sweep else "")
 
 
 def _stringify(v: Any, limit: int) -> str:

@@ -281,7 +281,7 @@ def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, 
         if best_row:
             print(f"[cmpl-ray tune] best {spec.metric} {best_row['best']:.2f}: {best_row['values']} "
                   f"(trial {best_row['trial_id']})", flush=True)
-        print(f"[cmpl-ray tune] table: cmpl-ray report {name}; MLflow: {tracking.ui_command(uri)}", flush=True)
+        print(f"[cmpl-ray tune] table: cmpl-ray report {name}; MLflow: {tracking.ui_command(uri, name)}", flush=True)
     return summary
 
 
