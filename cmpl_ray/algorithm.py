@@ -21,8 +21,8 @@ kernels can run beside the primary's instead of after them; the math is unchange
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -151,8 +151,9 @@ def pseudo_label_counts(mask: Tensor, target: Tensor, y_u: Tensor, valid: Tensor
     return out
 
 
-def _pl_stats(prefix: str, mask: Tensor, target: Tensor, y_u: Tensor | None, valid: Tensor | None,
-              num_classes: int = 0) -> dict[str, Tensor]:
+def _pl_stats(
+    prefix: str, mask: Tensor, target: Tensor, y_u: Tensor | None, valid: Tensor | None, num_classes: int = 0
+) -> dict[str, Tensor]:
     n = valid.float().sum().clamp(min=1.0) if valid is not None else torch.tensor(float(len(mask)), device=mask.device)
     stats = {f"mask_rate_{prefix}": mask.sum() / n}
     if y_u is not None:
@@ -176,7 +177,7 @@ def compute_objective(
     aux_supervised: bool = True,
     aux_unsupervised: bool = True,
     bn_mode: str = "clean",
-    aux_stream: "torch.cuda.Stream | None" = None,
+    aux_stream: torch.cuda.Stream | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Full training objective for one step and its statistics (detached tensors).
 
@@ -236,8 +237,11 @@ def compute_objective(
     # 0 * term keeps every parameter in the graph, so DDP needs no find_unused_parameters for Table 6 runs
     loss = sup + lambda_u * unsup
     stats.update(
-        loss_s_f=loss_s_f.detach(), loss_s_a=loss_s_a.detach(), loss_u_f=loss_u_f.detach(),
-        loss_u_a=loss_u_a.detach(), loss=loss.detach(),
+        loss_s_f=loss_s_f.detach(),
+        loss_s_a=loss_s_a.detach(),
+        loss_u_f=loss_u_f.detach(),
+        loss_u_a=loss_u_a.detach(),
+        loss=loss.detach(),
     )
     stats.update(_pl_stats("f", mask_f, target_f, y_u, u_valid, lo_w_f.shape[1]))
     stats.update(_pl_stats("a", mask_a, target_a, y_u, u_valid, lo_w_a.shape[1]))

@@ -18,8 +18,14 @@ from .config import ConfigError, load_config, preset_names, save_config
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help=f"config preset: {', '.join(preset_names())}")
     p.add_argument("--config", default=None, help="YAML file with config sections (applied after the preset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set algo.threshold=0.95 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set algo.threshold=0.95 (repeatable)",
+    )
 
 
 def _config(args):
@@ -48,9 +54,13 @@ def _console(args) -> None:
 
 
 def _add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also print Ray's own log lines (default: they go to ray.log in the output folder; "
-                        "the env var CMPL_VERBOSE=1 does the same, e.g. under ray job submit)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own log lines (default: they go to ray.log in the output folder; "
+        "the env var CMPL_VERBOSE=1 does the same, e.g. under ray job submit)",
+    )
 
 
 def cmd_train(args) -> int:
@@ -79,8 +89,12 @@ def cmd_step(args) -> int:
     d, b_l = cfg.data, cfg.train.batch_labeled
     b_u = b_l * cfg.algo.unlabeled_ratio
     tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size or d.max_crop
-    batch = {"l_p": torch.randn(b_l, 3, tp, s, s), "l_a": torch.randn(b_l, 3, ta, s, s),
-             "y_l": torch.randint(0, k, (b_l,)), "y_u": torch.randint(0, k, (b_u,))}
+    batch = {
+        "l_p": torch.randn(b_l, 3, tp, s, s),
+        "l_a": torch.randn(b_l, 3, ta, s, s),
+        "y_l": torch.randint(0, k, (b_l,)),
+        "y_u": torch.randint(0, k, (b_u,)),
+    }
     for v in ("weak", "strong"):
         batch[f"u_{v}_p"], batch[f"u_{v}_a"] = torch.randn(b_u, 3, tp, s, s), torch.randn(b_u, 3, ta, s, s)
     t0 = time.perf_counter()
@@ -99,14 +113,21 @@ def cmd_lr_find(args) -> int:
 
     cfg = _config(args)
     r = lr_range_test(cfg, start=args.start, end=args.end, steps=args.steps, threads=args.threads)
-    print(f"[lr-find] {r['steps_run']} steps; lowest smoothed loss {r['min_smoothed_loss']:.3f} at lr "
-          f"{r['lr_min_loss']:.2e}; steepest descent at lr {r.get('lr_steepest', float('nan')):.2e}")
-    print(f"[lr-find] suggested optim.lr = {r['suggested_lr']:.2e} (the minimum / 10); configured {r['configured_lr']:.2e}")
+    print(
+        f"[lr-find] {r['steps_run']} steps; lowest smoothed loss {r['min_smoothed_loss']:.3f} at lr "
+        f"{r['lr_min_loss']:.2e}; steepest descent at lr {r.get('lr_steepest', float('nan')):.2e}"
+    )
+    print(
+        f"[lr-find] suggested optim.lr = {r['suggested_lr']:.2e} (the minimum / 10); "
+        f"configured {r['configured_lr']:.2e}"
+    )
     first = r["smoothed"][0]
     if r["min_smoothed_loss"] > 0.95 * first:
-        print(f"[lr-find] WARNING the loss hardly fell at any lr ({first:.3f} -> {r['min_smoothed_loss']:.3f}): the "
-              f"network is still on its starting plateau after {r['steps_run']} steps, so the curve says little about "
-              f"the lr; rerun with more --steps (docs/recipe-study.md)")
+        print(
+            f"[lr-find] WARNING the loss hardly fell at any lr ({first:.3f} -> {r['min_smoothed_loss']:.3f}): the "
+            f"network is still on its starting plateau after {r['steps_run']} steps, so the curve says little about "
+            f"the lr; rerun with more --steps (docs/recipe-study.md)"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(r, f)
@@ -126,14 +147,20 @@ def cmd_demo(args) -> int:
         t0 = time.perf_counter()
         make_synthetic_dataset(root, num_classes=args.classes, per_class=args.per_class, seed=args.seed)
         print(f"[cmpl-ray] synthetic set written to {root} in {time.perf_counter() - t0:.1f} s", flush=True)
-    labeled, unlabeled = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=args.labels_per_class,
-                                       seed=args.seed)
+    labeled, unlabeled = split_labeled(
+        read_list(os.path.join(root, "train.txt")), per_class=args.labels_per_class, seed=args.seed
+    )
     split_dir = os.path.join(root, "splits")
     write_list(os.path.join(split_dir, "labeled.txt"), labeled)
     write_list(os.path.join(split_dir, "unlabeled.txt"), unlabeled)
-    overrides = [f"data.root={root}", f"data.labeled_list={split_dir}/labeled.txt",
-                 f"data.unlabeled_list={split_dir}/unlabeled.txt", f"data.val_list={root}/val.txt",
-                 f"data.classes_file={root}/classes.txt", f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}"] + args.overrides
+    overrides = [
+        f"data.root={root}",
+        f"data.labeled_list={split_dir}/labeled.txt",
+        f"data.unlabeled_list={split_dir}/unlabeled.txt",
+        f"data.val_list={root}/val.txt",
+        f"data.classes_file={root}/classes.txt",
+        f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}",
+    ] + args.overrides
     cfg = load_config("demo", None, overrides)
     run_training(cfg)
     return 0
@@ -172,10 +199,20 @@ def cmd_tune(args) -> int:
     if not args.space and not args.resume:
         raise ValueError("give a search-space file (see search_spaces/) or --resume SWEEP")
     _console(args)
-    out = run_sweep(args.space, preset=args.preset, config_path=args.config, overrides=args.overrides,
-                    num_samples=args.num_samples, name=args.name, storage=args.storage,
-                    max_concurrent=args.max_concurrent, searcher=args.searcher, resume=args.resume,
-                    num_cpus=args.num_cpus, scheduler=args.scheduler)
+    out = run_sweep(
+        args.space,
+        preset=args.preset,
+        config_path=args.config,
+        overrides=args.overrides,
+        num_samples=args.num_samples,
+        name=args.name,
+        storage=args.storage,
+        max_concurrent=args.max_concurrent,
+        searcher=args.searcher,
+        resume=args.resume,
+        num_cpus=args.num_cpus,
+        scheduler=args.scheduler,
+    )
     if out["interrupted"]:
         return 130
     return 1 if out["errors"] else 0
@@ -201,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import commands as data_commands
 
     parser = argparse.ArgumentParser(
-        prog="cmpl-ray", description="Cross-Model Pseudo-Labeling for semi-supervised action recognition on Ray.")
+        prog="cmpl-ray", description="Cross-Model Pseudo-Labeling for semi-supervised action recognition on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="synthetic videos -> CMPL training on a local Ray -> MLflow (the quick start)")
@@ -216,10 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with Ray Train (supervised | fixmatch | cmpl)")
     _add_config_args(p)
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint directory (refused if it was trained with another config)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start run.name over: its old folder is renamed (kept), a new MLflow run is created")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint directory (refused if it was trained with another config)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start run.name over: its old folder is renamed (kept), a new MLflow run is created",
+    )
     _add_verbose(p)
     p.set_defaults(func=cmd_train)
 
@@ -230,10 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 classes of video files with a checkpoint or a logged MLflow model")
-    p.add_argument("checkpoint", help="checkpoint folder/file, or MLflow model URI: runs:/<run_id>/primary, "
-                                      "models:/<registered name>/<version>")
-    p.add_argument("--tracking-uri", default="", help="MLflow store of a runs:/ or models:/ URI (default: "
-                                                      "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint folder/file, or MLflow model URI: runs:/<run_id>/primary, models:/<registered name>/<version>",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow store of a runs:/ or models:/ URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
     p.add_argument("videos", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)
@@ -277,10 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None, help="default: the sweep's metric (val_top1)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("ui", help="MLflow UI on loopback, opened on the runs (or a sweep's trials) with their "
-                                   "top-1 and swept values as columns")
-    p.add_argument("--tracking-uri", "--store", default="",
-                   help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db; an http(s) server is only linked")
+    p = sub.add_parser(
+        "ui",
+        help="MLflow UI on loopback, opened on the runs (or a sweep's trials) with their "
+        "top-1 and swept values as columns",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        "--store",
+        default="",
+        help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db; an http(s) server is only linked",
+    )
     p.add_argument("--sweep", default=None, help="open this sweep's trials (cmpl-ray tune --name)")
     p.add_argument("--experiment", default=None, help="default: the experiment of the newest run")
     p.add_argument("--port", type=int, default=5000, help="a free one is picked if this is taken")

@@ -23,14 +23,29 @@ projection shortcut when the shape changes.  Bottlenecks follow Table A4:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ResNet3D", "BasicBlock", "Bottleneck", "MODELS", "build_model",
-           "count_params", "count_flops", "count_macs",
-           "r10", "r18", "r34", "r50", "tiny", "Plain3D", "plain4", "naive"]
+__all__ = [
+    "ResNet3D",
+    "BasicBlock",
+    "Bottleneck",
+    "MODELS",
+    "build_model",
+    "count_params",
+    "count_flops",
+    "count_macs",
+    "r10",
+    "r18",
+    "r34",
+    "r50",
+    "tiny",
+    "Plain3D",
+    "plain4",
+    "naive",
+]
 
 
 def _scale(channels: int, width: float) -> int:
@@ -48,8 +63,7 @@ def _check_args(width: float, num_classes: int) -> None:
 def _conv_bn(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)) -> nn.Sequential:
     """Conv3d (no bias, BN follows) + BN with 'same' padding along each axis."""
     pad = tuple(k // 2 for k in kernel)
-    return nn.Sequential(nn.Conv3d(cin, cout, tuple(kernel), tuple(stride), pad, bias=False),
-                         nn.BatchNorm3d(cout))
+    return nn.Sequential(nn.Conv3d(cin, cout, tuple(kernel), tuple(stride), pad, bias=False), nn.BatchNorm3d(cout))
 
 
 class _Residual(nn.Module):
@@ -64,8 +78,9 @@ class _Residual(nn.Module):
         super().__init__()
         self.branch = branch
         # Projection only when the identity cannot be added (channels or H/W change).
-        self.shortcut = (_conv_bn(cin, cout, (1, 1, 1), (1, stride, stride))
-                         if stride != 1 or cin != cout else nn.Identity())
+        self.shortcut = (
+            _conv_bn(cin, cout, (1, 1, 1), (1, stride, stride)) if stride != 1 or cin != cout else nn.Identity()
+        )
         self.relu = nn.ReLU(inplace=True)
 
     @property
@@ -111,21 +126,30 @@ class ResNet3D(nn.Module):
     Spatial size shrinks by 32 overall (stem 2, pool 2, res3-5 2 each); T is kept.
     """
 
-    def __init__(self, block: type[_Residual], layers: Sequence[int], num_classes: int,
-                 width: float = 1.0, dropout: float = 0.5, base_channels: int = 64,
-                 stem_kernel: Sequence[int] = (5, 7, 7), in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        block: type[_Residual],
+        layers: Sequence[int],
+        num_classes: int,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        base_channels: int = 64,
+        stem_kernel: Sequence[int] = (5, 7, 7),
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         _check_args(width, num_classes)
         self.width = float(width)
         stem_ch = _scale(base_channels, width)
         self.stem = nn.Sequential(
-            *_conv_bn(in_channels, stem_ch, stem_kernel, (1, 2, 2)), nn.ReLU(inplace=True),
+            *_conv_bn(in_channels, stem_ch, stem_kernel, (1, 2, 2)),
+            nn.ReLU(inplace=True),
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         )
         cin, stages = stem_ch, []
         for i, (n_blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2))):  # res2..res5
-            planes = _scale(base_channels * 2 ** i, width)
-            cout = _scale(base_channels * 2 ** i * block.expansion, width)
+            planes = _scale(base_channels * 2**i, width)
+            cout = _scale(base_channels * 2**i * block.expansion, width)
             blocks = []
             for j in range(n_blocks):
                 blocks.append(block(cin, planes, cout, stride if j == 0 else 1))
@@ -196,8 +220,7 @@ def tiny(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> ResNet3D
     down-sampling, /32 spatial) so code paths exercised in tests match the
     real models, at a small fraction of the cost.
     """
-    return ResNet3D(BasicBlock, (1, 1, 1, 1), num_classes, width, dropout,
-                    base_channels=16, stem_kernel=(3, 5, 5))
+    return ResNet3D(BasicBlock, (1, 1, 1, 1), num_classes, width, dropout, base_channels=16, stem_kernel=(3, 5, 5))
 
 
 class Plain3D(nn.Module):
@@ -209,9 +232,15 @@ class Plain3D(nn.Module):
     Input ``(B, 3, T, H, W)``; output ``(B, num_classes)``.
     """
 
-    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5,
-                 channels: Sequence[int] = (16, 32, 64, 128), t_strides: Sequence[int] = (1, 1, 2, 2),
-                 pool: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        t_strides: Sequence[int] = (1, 1, 2, 2),
+        pool: bool = False,
+    ) -> None:
         """``pool``: down-sample with a 1x2x2 max-pool after each stride-1 conv (``naive``) instead of a
         strided conv (``plain4``); ``t_strides`` then apply to the pool."""
         super().__init__()
@@ -266,8 +295,15 @@ def naive(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> Plain3D
     return Plain3D(num_classes, width, dropout, t_strides=(1, 1, 1, 1), pool=True)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"r10": r10, "r18": r18, "r34": r34, "r50": r50, "tiny": tiny,
-                                               "plain4": plain4, "naive": naive}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "r10": r10,
+    "r18": r18,
+    "r34": r34,
+    "r50": r50,
+    "tiny": tiny,
+    "plain4": plain4,
+    "naive": naive,
+}
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> nn.Module:
@@ -303,8 +339,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
         shape = (1, *shape)
     if len(shape) != 5:
         raise ValueError(f"input_shape must be (C, T, H, W) or (B, C, T, H, W), got {tuple(input_shape)}")
-    state = {k: torch.empty_like(v, device="meta") for k, v in
-             [*model.named_parameters(), *model.named_buffers()]}
+    state = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     was_training = model.training
     model.eval()  # eval BN: no running-stat updates
     try:

@@ -33,8 +33,11 @@ METRICS = ("val_top1", "val_mean_class_acc", "aux_val_top1")
 SHARE_TAG = "mlflow.sharedViewState."
 MAX_PARAMS = 8  # more parameter columns push the metrics off a laptop screen
 HIDDEN_PARAM_PREFIXES = ("run.", "tracking.", "derived.", "description")
-SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # ~8 s to answer instead of ~20-50 s on 2 cores
-              "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # ~8 s to answer instead of ~20-50 s on 2 cores
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
 
 
 def column(kind: str, name: str) -> str:
@@ -45,8 +48,12 @@ def column(kind: str, name: str) -> str:
 def view_state(params: list[str], metric: str = "val_top1", search_filter: str = "") -> dict[str, Any]:
     """The runs page's state for a shared view: these columns, sorted best ``metric`` first."""
     metrics = [metric] + [m for m in METRICS if m != metric]
-    return {"searchFilter": search_filter, "orderByKey": column("metrics", metric), "orderByAsc": False,
-            "selectedColumns": [column("params", p) for p in params] + [column("metrics", m) for m in metrics]}
+    return {
+        "searchFilter": search_filter,
+        "orderByKey": column("metrics", metric),
+        "orderByAsc": False,
+        "selectedColumns": [column("params", p) for p in params] + [column("metrics", m) for m in metrics],
+    }
 
 
 def varying_params(runs: list, always: tuple[str, ...] = ("algo.name",)) -> list[str]:
@@ -89,8 +96,16 @@ def sweep_view(client: Any, sweep: str, experiment: str | None) -> tuple[str, st
     """(experiment id, key, state) for a sweep: its trials only, the swept axes, sorted by the sweep's metric."""
     exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
     exp_ids = [e.experiment_id for e in exps if e is not None]
-    parents = client.search_runs(exp_ids, filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"], max_results=1) if exp_ids else []
+    parents = (
+        client.search_runs(
+            exp_ids,
+            filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if exp_ids
+        else []
+    )
     if not parents:
         raise LookupError(f"no sweep named {sweep!r} in this store (cmpl-ray tune --name sets it)")
     parent = parents[0]
@@ -122,11 +137,24 @@ def port_free(port: int) -> bool:
 
 def start_server(uri: str, port: int, log_path: str) -> subprocess.Popen:
     """``mlflow server`` for ``uri`` on 127.0.0.1 in its own process group (its workers go with it)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, env={**os.environ, **SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env={**os.environ, **SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> float:
@@ -168,8 +196,9 @@ def prepare(uri: str, sweep: str | None = None, experiment: str | None = None) -
     return exp_id, key
 
 
-def serve(uri: str = "", sweep: str | None = None, experiment: str | None = None, port: int = 5000,
-          serve_local: bool = True) -> int:
+def serve(
+    uri: str = "", sweep: str | None = None, experiment: str | None = None, port: int = 5000, serve_local: bool = True
+) -> int:
     """The command: write the view, serve a local store on loopback until Ctrl-C, print the link."""
     uri = tracking.resolve_tracking_uri(uri)
     try:
@@ -189,8 +218,9 @@ def serve(uri: str = "", sweep: str | None = None, experiment: str | None = None
             print(f"[cmpl-ray ui] port {port} is taken; using {free}", flush=True)
         port = free
     base = f"http://127.0.0.1:{port}"
-    log_path = os.path.join(os.path.dirname(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ".",
-                            "mlflow-ui.log")
+    log_path = os.path.join(
+        os.path.dirname(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else ".", "mlflow-ui.log"
+    )
     proc = start_server(uri, port, log_path)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server's group too, like Ctrl-C
     try:

@@ -44,12 +44,21 @@ def measure(out: str, epochs: int, steps: int, window: int, data: str) -> dict:
         lab, unl = split_labeled(read_list(os.path.join(data, "train.txt")), per_class=8, seed=0)
         write_list(os.path.join(data, "splits", "labeled.txt"), lab)
         write_list(os.path.join(data, "splits", "unlabeled.txt"), unl)
-    sets = {"data.root": data, "data.labeled_list": f"{data}/splits/labeled.txt",
-            "data.unlabeled_list": f"{data}/splits/unlabeled.txt", "data.val_list": f"{data}/val.txt",
-            "data.classes_file": f"{data}/classes.txt", "train.epochs": epochs, "train.steps_per_epoch": steps,
-            "train.log_every": window, "train.eval_every": epochs, "run.output_dir": f"{out}/run",
-            "run.name": f"bench-{os.getpid()}-{time.time_ns()}", "run.storage_path": f"{out}/ray",
-            "tracking.uri": f"sqlite:///{out}/mlflow.db"}
+    sets = {
+        "data.root": data,
+        "data.labeled_list": f"{data}/splits/labeled.txt",
+        "data.unlabeled_list": f"{data}/splits/unlabeled.txt",
+        "data.val_list": f"{data}/val.txt",
+        "data.classes_file": f"{data}/classes.txt",
+        "train.epochs": epochs,
+        "train.steps_per_epoch": steps,
+        "train.log_every": window,
+        "train.eval_every": epochs,
+        "run.output_dir": f"{out}/run",
+        "run.name": f"bench-{os.getpid()}-{time.time_ns()}",
+        "run.storage_path": f"{out}/ray",
+        "tracking.uri": f"sqlite:///{out}/mlflow.db",
+    }
     cfg = load_config("demo", overrides=[f"{k}={v}" for k, v in sets.items()])
     t0 = time.perf_counter()
     m = run_training(cfg)
@@ -64,8 +73,12 @@ def measure(out: str, epochs: int, steps: int, window: int, data: str) -> dict:
         elif in_epoch >= window:
             steady.append(h.value)
     secs = [e["epoch_seconds"] for e in m["history"][1:]]
-    return {"first": statistics.mean(first), "steady": statistics.mean(steady), "epoch_s": statistics.mean(secs),
-            "wall": wall}
+    return {
+        "first": statistics.mean(first),
+        "steady": statistics.mean(steady),
+        "epoch_s": statistics.mean(secs),
+        "wall": wall,
+    }
 
 
 def main() -> int:
@@ -87,33 +100,52 @@ def main() -> int:
     trees = {"this checkout": ROOT}
     if a.ref:
         tree = tempfile.mkdtemp(prefix="ref-", dir=out)
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, a.ref], check=True,
-                       capture_output=True)
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, a.ref], check=True, capture_output=True)
         trees[a.ref] = tree
     res: dict[str, list[dict]] = {k: [] for k in trees}
     try:
         for _ in range(a.repeats):
             for name, tree in trees.items():  # interleaved: both versions see the same load
                 env = dict(os.environ, PYTHONPATH=tree)
-                p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_epoch_start.py"), "--one",
-                                    "--epochs", str(a.epochs), "--steps", str(a.steps), "--window", str(a.window),
-                                    "--out", out], cwd=tree, env=env, capture_output=True, text=True)
+                p = subprocess.run(
+                    [
+                        sys.executable,
+                        os.path.join(ROOT, "scripts", "bench_epoch_start.py"),
+                        "--one",
+                        "--epochs",
+                        str(a.epochs),
+                        "--steps",
+                        str(a.steps),
+                        "--window",
+                        str(a.window),
+                        "--out",
+                        out,
+                    ],
+                    cwd=tree,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
                 if p.returncode or not line:
                     print(p.stdout[-3000:], p.stderr[-3000:])
                     raise SystemExit(f"{name}: run failed (exit {p.returncode})")
                 r = json.loads(line[-1][7:])
                 res[name].append(r)
-                print(f"{name}: epoch-start window {r['first']:.1f} clips/s, steady {r['steady']:.1f}, "
-                      f"ratio {r['first'] / r['steady']:.2f}, {r['epoch_s']:.1f} s/epoch, wall {r['wall']:.0f} s",
-                      flush=True)
+                print(
+                    f"{name}: epoch-start window {r['first']:.1f} clips/s, steady {r['steady']:.1f}, "
+                    f"ratio {r['first'] / r['steady']:.2f}, {r['epoch_s']:.1f} s/epoch, wall {r['wall']:.0f} s",
+                    flush=True,
+                )
     finally:
         if a.ref:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", trees[a.ref]], capture_output=True)
     for name, rs in res.items():
         ratio = statistics.mean(r["first"] / r["steady"] for r in rs)
-        print(f"{name}: first/steady {ratio:.2f}, {statistics.mean(r['epoch_s'] for r in rs):.1f} s/epoch, "
-              f"wall {statistics.mean(r['wall'] for r in rs):.0f} s ({len(rs)} runs)")
+        print(
+            f"{name}: first/steady {ratio:.2f}, {statistics.mean(r['epoch_s'] for r in rs):.1f} s/epoch, "
+            f"wall {statistics.mean(r['wall'] for r in rs):.0f} s ({len(rs)} runs)"
+        )
     this = res["this checkout"]
     print(f"first_vs_steady: {statistics.mean(r['first'] / r['steady'] for r in this):.3f}")
     return 0

@@ -67,10 +67,18 @@ def random_batch(cfg, k, b_l, b_u, device):
     def clip(n, t):  # (B, C, T, H, W) uint8
         return torch.randint(0, 256, (n, 3, t, s, s), dtype=torch.uint8, generator=g).to(device)
 
-    b = {"l_p": clip(b_l, tp), "l_a": clip(b_l, ta), "u_weak_p": clip(b_u, tp), "u_strong_p": clip(b_u, tp),
-         "u_weak_a": clip(b_u, ta), "u_strong_a": clip(b_u, ta),
-         "y_l": torch.randint(0, k, (b_l,), generator=g).to(device), "y_u": torch.randint(0, k, (b_u,), generator=g).to(device),
-         "l_valid": torch.ones(b_l, dtype=torch.bool, device=device), "u_valid": torch.ones(b_u, dtype=torch.bool, device=device)}
+    b = {
+        "l_p": clip(b_l, tp),
+        "l_a": clip(b_l, ta),
+        "u_weak_p": clip(b_u, tp),
+        "u_strong_p": clip(b_u, tp),
+        "u_weak_a": clip(b_u, ta),
+        "u_strong_a": clip(b_u, ta),
+        "y_l": torch.randint(0, k, (b_l,), generator=g).to(device),
+        "y_u": torch.randint(0, k, (b_u,), generator=g).to(device),
+        "l_valid": torch.ones(b_l, dtype=torch.bool, device=device),
+        "u_valid": torch.ones(b_u, dtype=torch.bool, device=device),
+    }
     if not cfg.uses_aux:
         b = {k2: v for k2, v in b.items() if not k2.endswith("_a")}
     return b
@@ -114,8 +122,9 @@ def stream_grad_check(cfg, k, b_l, b_u, device) -> float:
         for m in (primary, aux):
             m.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same dropout masks: kernels are queued in the same order on either path
-        loss, _ = compute_objective(primary, aux, x, algo="cmpl", threshold=0.05, bn_mode=cfg.algo.bn_mode,
-                                    aux_stream=stream)
+        loss, _ = compute_objective(
+            primary, aux, x, algo="cmpl", threshold=0.05, bn_mode=cfg.algo.bn_mode, aux_stream=stream
+        )
         loss.backward()
         sync(device)
         grads.append(torch.cat([p.grad.flatten() for m in (primary, aux) for p in m.parameters()]))
@@ -131,18 +140,25 @@ def compute_bench(args, device, k):
         for algo in ["cmpl", "fixmatch"] + [f"cmpl+{v}" for v in variants]:
             base, _, variant = algo.partition("+")
             extra = ["train.aux_stream=true"] if variant == "aux_stream" else []
-            cfg = load_config(args.preset, overrides=sets + [f"algo.name={base}", f"train.amp={amp}",
-                                                             "algo.threshold=0.05"] + extra)
+            cfg = load_config(
+                args.preset, overrides=sets + [f"algo.name={base}", f"train.amp={amp}", "algo.threshold=0.05"] + extra
+            )
             note = {}
             if variant == "aux_stream":
                 if device.type != "cuda":
                     print(f"{algo}: skipped, a second stream needs CUDA")
                     continue
                 note["grad_rel_diff_vs_one_stream"] = stream_grad_check(
-                    load_config(args.preset, overrides=sets), k, args.batch_labeled,
-                    args.batch_labeled * args.ratio, device)
-                print(f"{algo}: gradients vs one stream, max |diff| / max |grad| = "
-                      f"{note['grad_rel_diff_vs_one_stream']:.2e}")
+                    load_config(args.preset, overrides=sets),
+                    k,
+                    args.batch_labeled,
+                    args.batch_labeled * args.ratio,
+                    device,
+                )
+                print(
+                    f"{algo}: gradients vs one stream, max |diff| / max |grad| = "
+                    f"{note['grad_rel_diff_vs_one_stream']:.2e}"
+                )
             nets = networks(cfg, k, device)
             if variant == "compile_aux":
                 nets = (nets[0], torch.compile(nets[1]), nets[2])
@@ -156,19 +172,37 @@ def compute_bench(args, device, k):
             res, wall = run_steps(cfg, nets, itertools.repeat(b), args.steps, device, scaler)
             per = wall / max(1, res.steps)
             clips = args.batch_labeled * (1 + args.ratio)
-            mfu = step_flops(cfg, nets[0], nets[1], args.batch_labeled, args.batch_labeled * args.ratio) / per / (args.peak_tflops * 1e12)
+            mfu = (
+                step_flops(cfg, nets[0], nets[1], args.batch_labeled, args.batch_labeled * args.ratio)
+                / per
+                / (args.peak_tflops * 1e12)
+            )
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             ms[(amp, algo)] = per * 1e3
             rows.append(f"| {algo} | {amp} | {per * 1e3:.1f} | {clips / per:.1f} | {mem:.1f} | {mfu:.3f} |")
             print(f"measured {rows[-1]}", flush=True)  # at once: a run cut off by a time limit keeps its rows
-            recs.append({"algo": algo, "amp": amp, "ms_per_step": per * 1e3, "clips_per_s": clips / per,
-                         "peak_gib": mem if device.type == "cuda" else None, "mfu": mfu, "steps": res.steps, "batch_labeled": args.batch_labeled,
-                         "batch_unlabeled": args.batch_labeled * args.ratio, **note})
+            recs.append(
+                {
+                    "algo": algo,
+                    "amp": amp,
+                    "ms_per_step": per * 1e3,
+                    "clips_per_s": clips / per,
+                    "peak_gib": mem if device.type == "cuda" else None,
+                    "mfu": mfu,
+                    "steps": res.steps,
+                    "batch_labeled": args.batch_labeled,
+                    "batch_unlabeled": args.batch_labeled * args.ratio,
+                    **note,
+                }
+            )
             del nets, b
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    print(f"\ncompute only (batches resident on {device}), B_l {args.batch_labeled} + B_u {args.batch_labeled * args.ratio} "
-          f"videos/step, {args.steps} timed steps, peak {args.peak_tflops} TFLOP/s")
+    print(
+        f"\ncompute only (batches resident on {device}), "
+        f"B_l {args.batch_labeled} + B_u {args.batch_labeled * args.ratio} "
+        f"videos/step, {args.steps} timed steps, peak {args.peak_tflops} TFLOP/s"
+    )
     print("| algo | amp | ms/step | clips/s | peak GiB | MFU |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
     for amp in args.amp:
@@ -188,7 +222,7 @@ class DecodedSteps(torch.utils.data.Dataset):
         return len(self.rows) // self.b_l
 
     def __getitem__(self, i):
-        out = self.decoder({"data": self.rows[i * self.b_l:(i + 1) * self.b_l]})
+        out = self.decoder({"data": self.rows[i * self.b_l : (i + 1) * self.b_l]})
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
@@ -210,9 +244,17 @@ def pipeline_bench(args, device, k):
     from cmpl_ray.data.pipeline import ClipDecoder, _pairs, epoch_rows
 
     amp = args.amp[0]
-    cfg = load_config(args.preset, overrides=[f"data.root={args.root}", f"train.amp={amp}", "algo.threshold=0.5",
-                                              f"train.batch_labeled={args.batch_labeled}", f"algo.unlabeled_ratio={args.ratio}",
-                                              f"data.decode_actors={args.workers}"])
+    cfg = load_config(
+        args.preset,
+        overrides=[
+            f"data.root={args.root}",
+            f"train.amp={amp}",
+            "algo.threshold=0.5",
+            f"train.batch_labeled={args.batch_labeled}",
+            f"algo.unlabeled_ratio={args.ratio}",
+            f"data.decode_actors={args.workers}",
+        ],
+    )
     items = read_list(os.path.join(args.root, "train.txt"))
     labeled, unlabeled = _pairs(items[: max(8, len(items) // 4)], args.root), _pairs(items, args.root)
     steps = args.steps + 3
@@ -245,16 +287,24 @@ def pipeline_bench(args, device, k):
     else:
         rows = epoch_rows(len(labeled), len(unlabeled), steps * args.batch_labeled, args.ratio, seed=0)
         dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, 0, labeled, unlabeled, args.ratio)
-        batches = torch.utils.data.DataLoader(DecodedSteps(dec, rows, args.batch_labeled), batch_size=None,
-                                              num_workers=args.workers, prefetch_factor=4, pin_memory=device.type == "cuda",
-                                              persistent_workers=False)
+        batches = torch.utils.data.DataLoader(
+            DecodedSteps(dec, rows, args.batch_labeled),
+            batch_size=None,
+            num_workers=args.workers,
+            prefetch_factor=4,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
     nets = networks(cfg, k, device)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
     wait = [0.0]
     gen = flat_u(batches, wait)
     res, wall = run_steps(cfg, nets, gen, args.steps, device, scaler, wait)
     clips = res.steps * args.batch_labeled * (1 + args.ratio)
-    print(f"\npipeline ({loader_kind} loader, {args.workers} decode processes, {len(items)} videos under {args.root}, amp {amp}):")
+    print(
+        f"\npipeline ({loader_kind} loader, {args.workers} decode processes, {len(items)} videos under {args.root}, "
+        f"amp {amp}):"
+    )
     print(f"pipeline clips/s per GPU: {clips / wall:.1f} ({res.steps} steps in {wall:.1f} s)")
     print(f"data wait fraction: {wait[0] / wall:.3f}")
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
@@ -277,8 +327,13 @@ def main() -> int:
     ap.add_argument("--skip-compute", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--json", default=None, help="also write the compute rows to this JSON file")
-    ap.add_argument("--aux-variants", nargs="*", default=[], choices=["aux_stream", "compile_aux"],
-                    help="extra CMPL rows with the auxiliary on a second CUDA stream / torch.compile'd")
+    ap.add_argument(
+        "--aux-variants",
+        nargs="*",
+        default=[],
+        choices=["aux_stream", "compile_aux"],
+        help="extra CMPL rows with the auxiliary on a second CUDA stream / torch.compile'd",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -293,7 +348,11 @@ def main() -> int:
             import json
 
             with open(args.json, "w") as f:
-                json.dump([{"device": name, "preset": args.preset, "overrides": args.overrides, **r} for r in recs], f, indent=1)
+                json.dump(
+                    [{"device": name, "preset": args.preset, "overrides": args.overrides, **r} for r in recs],
+                    f,
+                    indent=1,
+                )
     if args.root:
         pipeline_bench(args, device, args.num_classes)
     return 0

@@ -48,10 +48,19 @@ def main() -> None:
         per = max(1, args.videos // 8)
         make_synthetic_dataset(root, num_classes=8, per_class=per, num_frames=args.frames, size=args.size, seed=0)
     items = read_list(os.path.join(root, "train.txt"))[: args.videos]
-    cfg = load_config("demo", overrides=[
-        f"data.root={root}", f"data.crop_size={args.crop}", f"data.train_short_side=[{args.crop}, {args.crop + 16}]",
-        f"data.test_short_side={args.crop}", f"data.raw_clip_len={args.raw}", "data.primary_stride=8",
-        "data.aux_stride=4", "data.time_offset=1.0"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            f"data.root={root}",
+            f"data.crop_size={args.crop}",
+            f"data.train_short_side=[{args.crop}, {args.crop + 16}]",
+            f"data.test_short_side={args.crop}",
+            f"data.raw_clip_len={args.raw}",
+            "data.primary_stride=8",
+            "data.aux_stride=4",
+            "data.time_offset=1.0",
+        ],
+    )
     pairs = _pairs(items, root)
     dc = cfg.data
 
@@ -88,18 +97,40 @@ def main() -> None:
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         for actors in args.actors:
-            c = load_config("demo", overrides=[f"{k}={v}" for k, v in {
-                **{f"data.{f.name}": getattr(dc, f.name) for f in dataclasses.fields(dc)
-                   if f.name in ("root", "crop_size", "test_short_side", "raw_clip_len", "primary_stride",
-                                 "aux_stride", "time_offset")},
-                "data.train_short_side": f"[{dc.crop_size}, {dc.crop_size + 16}]", "data.decode_actors": actors,
-                "data.cpus_per_decoder": 1, "algo.unlabeled_ratio": 4, "train.batch_labeled": 2,
-                "data.decode_batch": 2}.items()])
+            c = load_config(
+                "demo",
+                overrides=[
+                    f"{k}={v}"
+                    for k, v in {
+                        **{
+                            f"data.{f.name}": getattr(dc, f.name)
+                            for f in dataclasses.fields(dc)
+                            if f.name
+                            in (
+                                "root",
+                                "crop_size",
+                                "test_short_side",
+                                "raw_clip_len",
+                                "primary_stride",
+                                "aux_stride",
+                                "time_offset",
+                            )
+                        },
+                        "data.train_short_side": f"[{dc.crop_size}, {dc.crop_size + 16}]",
+                        "data.decode_actors": actors,
+                        "data.cpus_per_decoder": 1,
+                        "algo.unlabeled_ratio": 4,
+                        "train.batch_labeled": 2,
+                        "data.decode_batch": 2,
+                    }.items()
+                ],
+            )
             rates: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(args.repeats):  # interleaved, so a busy spell of the machine hits both alike
                 for ordered in (False, True):
-                    ds = build_train_dataset(c, items[:8], items, 8, world=1, steps=args.ray_steps,
-                                             preserve_order=ordered)
+                    ds = build_train_dataset(
+                        c, items[:8], items, 8, world=1, steps=args.ray_steps, preserve_order=ordered
+                    )
                     it = iter(ds.iter_batches(batch_size=2, batch_format="numpy", prefetch_batches=4))
                     next(it)  # actor start-up is not throughput
                     t0 = time.perf_counter()
@@ -107,10 +138,14 @@ def main() -> None:
                     rates[ordered].append(n / (time.perf_counter() - t0))
             for ordered in (False, True):
                 r = rates[ordered]
-                print(f"ray data, {actors} decode actor(s), preserve_order {'on ' if ordered else 'off'}: "
-                      f"{np.median(r):7.1f} videos/s (median of {len(r)}: {', '.join(f'{x:.1f}' for x in r)})")
-            print(f"ray data, {actors} decode actor(s): ordered / unordered = "
-                  f"{np.median(rates[True]) / np.median(rates[False]):.3f}")
+                print(
+                    f"ray data, {actors} decode actor(s), preserve_order {'on ' if ordered else 'off'}: "
+                    f"{np.median(r):7.1f} videos/s (median of {len(r)}: {', '.join(f'{x:.1f}' for x in r)})"
+                )
+            print(
+                f"ray data, {actors} decode actor(s): ordered / unordered = "
+                f"{np.median(rates[True]) / np.median(rates[False]):.3f}"
+            )
         ray.shutdown()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS (driver): {peak_mb:.0f} MiB")

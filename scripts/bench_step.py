@@ -26,22 +26,26 @@ def make_batch(cfg, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
     b_u = b_l * cfg.algo.unlabeled_ratio
     tp, ta, s = d.raw_clip_len // d.primary_stride, d.raw_clip_len // d.aux_stride, d.crop_size or d.max_crop
     u8 = lambda *shape: torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)  # noqa: E731
-    batch = {"l_p": u8(b_l, 3, tp, s, s), "l_a": u8(b_l, 3, ta, s, s), "y_l": torch.randint(0, k, (b_l,), generator=g),
-             "y_u": torch.randint(0, k, (b_u,), generator=g)}
+    batch = {
+        "l_p": u8(b_l, 3, tp, s, s),
+        "l_a": u8(b_l, 3, ta, s, s),
+        "y_l": torch.randint(0, k, (b_l,), generator=g),
+        "y_u": torch.randint(0, k, (b_u,), generator=g),
+    }
     for v in ("weak", "strong"):
         batch[f"u_{v}_p"], batch[f"u_{v}_a"] = u8(b_u, 3, tp, s, s), u8(b_u, 3, ta, s, s)
     return batch
 
 
-def time_steps(cfg, batches, k: int, device=torch.device("cpu")) -> float:
+def time_steps(cfg, batches, k: int, device: torch.device | None = None) -> float:
     """Seconds per step of train_one_epoch over the given batches (after one warm-up step)."""
-    from cmpl_ray.train.loop import train_one_epoch
     from cmpl_ray.train.build import build_networks, make_optimizer
+    from cmpl_ray.train.loop import train_one_epoch
 
     torch.manual_seed(0)
     primary, aux = build_networks(cfg, k)
     opt = make_optimizer(cfg, primary, aux)
-    kw = dict(cfg=cfg, epoch=0, global_step=0, total_steps=10**6, device=device)
+    kw = dict(cfg=cfg, epoch=0, global_step=0, total_steps=10**6, device=device or torch.device("cpu"))
     train_one_epoch(primary, aux, opt, batches[:1], steps=1, **kw)
     t0 = time.perf_counter()
     train_one_epoch(primary, aux, opt, batches, steps=len(batches), **kw)
@@ -53,8 +57,8 @@ def ray_worker(config):
     import ray.train.torch
 
     from cmpl_ray.config import from_dict
-    from cmpl_ray.train.loop import train_one_epoch
     from cmpl_ray.train.build import build_networks, make_optimizer
+    from cmpl_ray.train.loop import train_one_epoch
 
     cfg = from_dict(config["cfg"])
     torch.set_num_threads(config["threads"])
@@ -78,9 +82,13 @@ def compare_bn_modes(args, k: int) -> None:
     """Median step time of FixMatch and CMPL in each BN mode, modes interleaved so that load drifts cancel."""
     from cmpl_ray.config import load_config
 
-    cfgs = {(m, a): load_config(args.preset, overrides=args.overrides + [f"algo.name={a}", "algo.threshold=0.5",
-                                                                          f"algo.bn_mode={m}"])
-            for m in args.bn_modes for a in ("fixmatch", "cmpl")}
+    cfgs = {
+        (m, a): load_config(
+            args.preset, overrides=args.overrides + [f"algo.name={a}", "algo.threshold=0.5", f"algo.bn_mode={m}"]
+        )
+        for m in args.bn_modes
+        for a in ("fixmatch", "cmpl")
+    }
     batches = [make_batch(cfgs[(args.bn_modes[0], "cmpl")], k, seed=i) for i in range(args.steps)]
     times: dict[tuple, list[float]] = {key: [] for key in cfgs}
     for _ in range(args.repeats):
@@ -89,8 +97,10 @@ def compare_bn_modes(args, k: int) -> None:
     med = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
     base = args.bn_modes[0]
     for m in args.bn_modes:
-        print(f"bn_mode {m}: fixmatch {med[(m, 'fixmatch')] * 1000:.0f} ms  cmpl {med[(m, 'cmpl')] * 1000:.0f} ms  "
-              f"cmpl/fixmatch {med[(m, 'cmpl')] / med[(m, 'fixmatch')]:.3f}")
+        print(
+            f"bn_mode {m}: fixmatch {med[(m, 'fixmatch')] * 1000:.0f} ms  cmpl {med[(m, 'cmpl')] * 1000:.0f} ms  "
+            f"cmpl/fixmatch {med[(m, 'cmpl')] / med[(m, 'fixmatch')]:.3f}"
+        )
     for m in args.bn_modes[1:]:
         for a in ("fixmatch", "cmpl"):
             print(f"{a}_{m}_vs_{base}: {med[(m, a)] / med[(base, a)]:.3f}")
@@ -121,8 +131,10 @@ def main() -> None:
     t_fix = time_steps(cfg_f, batches, k)
     t_cmpl = time_steps(cfg_c, batches, k)
     clips = cfg_c.train.batch_labeled * (1 + cfg_c.algo.unlabeled_ratio)
-    print(f"preset {args.preset}: {clips} clips/step ({cfg_c.model.primary_arch} x{cfg_c.model.primary_width} + "
-          f"{cfg_c.aux_spec()[0]} x{cfg_c.aux_spec()[1]}), {args.threads} thread(s)")
+    print(
+        f"preset {args.preset}: {clips} clips/step ({cfg_c.model.primary_arch} x{cfg_c.model.primary_width} + "
+        f"{cfg_c.aux_spec()[0]} x{cfg_c.aux_spec()[1]}), {args.threads} thread(s)"
+    )
     print(f"fixmatch step: {t_fix * 1000:.0f} ms   cmpl step: {t_cmpl * 1000:.0f} ms")
 
     import ray
@@ -131,9 +143,11 @@ def main() -> None:
 
     ray.init(num_cpus=max(2, args.threads + 1), include_dashboard=False, log_to_driver=False)
     out = os.path.join(tempfile.mkdtemp(), "sec_per_step")
-    trainer = TorchTrainer(ray_worker, train_loop_config={"cfg": cfg_c.to_dict(), "k": k, "steps": args.steps,
-                                                          "threads": args.threads, "out": out},
-                           scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}))
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"cfg": cfg_c.to_dict(), "k": k, "steps": args.steps, "threads": args.threads, "out": out},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
+    )
     trainer.fit()
     t_ray = float(open(out).read())
     ray.shutdown()

@@ -46,7 +46,9 @@ def free_port() -> int:
 def _sweep_filter(uri: str, sweep: str) -> str:
     parent = MlflowClient(uri).search_runs(
         [e.experiment_id for e in MlflowClient(uri).search_experiments()],
-        filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'", max_results=1)[0]
+        filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'",
+        max_results=1,
+    )[0]
     return f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
 
 
@@ -58,15 +60,28 @@ def pick_run(db: str, experiment: str, run_id: str | None):
         raise SystemExit(f"no experiment {experiment!r} in {db}")
     if run_id:
         return exp, client.get_run(run_id)
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         raise SystemExit(f"no finished run in experiment {experiment!r} of {db}")
     return exp, runs[0]
 
 
-def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, height: int,
-          runs_link: str, sweep: tuple[str, str] | None) -> list[Path]:
+def shoot(
+    base: str,
+    exp_id: str,
+    run,
+    out: Path,
+    chromium: str,
+    width: int,
+    height: int,
+    runs_link: str,
+    sweep: tuple[str, str] | None,
+) -> list[Path]:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -74,21 +89,28 @@ def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, hei
     name = run.data.tags.get("mlflow.runName", run.info.run_id)
     # (file, page, a text that is there once the page's data has rendered, viewport height: the run pages are
     # long and scroll inside the app, so a taller viewport rather than a full-page shot)
-    shots = [("mlflow-runs.png", runs_link[len(base):], name, height // 2),
-             ("mlflow-run-overview.png", f"/#/experiments/{exp_id}/runs/{run.info.run_id}?{q}", "primary",
-              height * 11 // 6),
-             ("mlflow-run-charts.png", f"/#/experiments/{exp_id}/runs/{run.info.run_id}/model-metrics?{q}",
-              "train/loss", height * 3 // 2)]
+    shots = [
+        ("mlflow-runs.png", runs_link[len(base) :], name, height // 2),
+        ("mlflow-run-overview.png", f"/#/experiments/{exp_id}/runs/{run.info.run_id}?{q}", "primary", height * 11 // 6),
+        (
+            "mlflow-run-charts.png",
+            f"/#/experiments/{exp_id}/runs/{run.info.run_id}/model-metrics?{q}",
+            "train/loss",
+            height * 3 // 2,
+        ),
+    ]
     if sweep:  # (link, a trial's run name)
-        shots.insert(1, ("mlflow-sweep.png", sweep[0][len(base):], sweep[1], height // 2))
+        shots.insert(1, ("mlflow-sweep.png", sweep[0][len(base) :], sweep[1], height // 2))
     done = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         ctx = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
         # closed assistant panel and the "Model training" mode remembered, as after one click by a user
-        ctx.add_init_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-                            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-                            "localStorage.setItem('mlflow.workflowType_v1', '\"machine_learning\"');")
+        ctx.add_init_script(
+            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+            "localStorage.setItem('mlflow.workflowType_v1', '\"machine_learning\"');"
+        )
         page = ctx.new_page()
         for fname, path, marker, h in shots:
             page.set_viewport_size({"width": width, "height": h})
@@ -99,7 +121,7 @@ def shoot(base: str, exp_id: str, run, out: Path, chromium: str, width: int, hei
             except PlaywrightTimeout:
                 pass
             page.wait_for_timeout(2500)  # charts and lazy panels render after their data
-            for suffix, search in ([("", None), ("-val", "top1")] if fname == "mlflow-run-charts.png" else [("", None)]):
+            for suffix, search in [("", None), ("-val", "top1")] if fname == "mlflow-run-charts.png" else [("", None)]:
                 clip = None
                 if search:  # the evaluation charts: the chart search keeps the val_* / aux_val_* top-1 ones
                     page.get_by_placeholder("Search metric charts").fill(search)
@@ -123,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", default=None, help="also shoot this sweep's trials (cmpl-ray ui --sweep)")
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--size", default="1600x900", help="viewport WIDTHxHEIGHT (the runs table gets half the height, the run overview twice, its charts 1.5x)")
+    ap.add_argument(
+        "--size",
+        default="1600x900",
+        help="viewport WIDTHxHEIGHT (the runs table gets half the height, the run overview twice, its charts 1.5x)",
+    )
     args = ap.parse_args(argv)
     db = str(Path(args.store).resolve())
     if not os.path.exists(db):
@@ -140,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep = None
     if args.sweep:
         sweep_exp, sweep_key = ui.prepare(uri, sweep=args.sweep)
-        trial = MlflowClient(uri).search_runs([sweep_exp], filter_string=_sweep_filter(uri, args.sweep), max_results=1)[0]
+        trial = MlflowClient(uri).search_runs([sweep_exp], filter_string=_sweep_filter(uri, args.sweep), max_results=1)[
+            0
+        ]
         sweep = (ui.link(base, sweep_exp, sweep_key), trial.data.tags["mlflow.runName"])
     proc = ui.start_server(uri, port, log_path)
     try:

@@ -51,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.paper:
         params, gmacs = stats(args.arch, args.width, args.frames, args.size, args.num_classes)
-        print(f"{args.arch} x{args.width:g} @ {args.frames}x{args.size}^2, {args.num_classes} classes: "
-              f"params {params:.2f} M, {gmacs:.2f} GMACs")
+        print(
+            f"{args.arch} x{args.width:g} @ {args.frames}x{args.size}^2, {args.num_classes} classes: "
+            f"params {params:.2f} M, {gmacs:.2f} GMACs"
+        )
         return 0
 
-    print(f"{'model':<10} {'frames':>6} {'params (M)':>11} {'GMACs':>8}   (size {args.size}^2, "
-          f"{args.num_classes} classes, 1 clip)")
+    print(
+        f"{'model':<10} {'frames':>6} {'params (M)':>11} {'GMACs':>8}   (size {args.size}^2, "
+        f"{args.num_classes} classes, 1 clip)"
+    )
     for label, arch, width, frames in PAPER_CONFIGS:
         params, gmacs = stats(arch, width, frames, args.size, args.num_classes)
         print(f"{label:<10} {frames:>6} {params:>11.2f} {gmacs:>8.2f}")

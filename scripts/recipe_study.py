@@ -74,11 +74,20 @@ def main() -> int:
     ap.add_argument("--table", action="store_true", help="print the results so far and exit")
     ap.add_argument("--compare", nargs="+", metavar="TAG", help="print the seed-paired comparison of these tags")
     ap.add_argument("--summary", action="store_true", help="with --compare: one row per family (suite summary)")
-    ap.add_argument("--cmpl-variant", default="cmpl", metavar="METHOD",
-                    help="with --summary: the method in the CMPL column, e.g. cmpl-maximum (default: the paper's cross)")
-    ap.add_argument("--study-key", action="append", default=[], metavar="KEY",
-                    help="with --compare: an override key that describes the whole study, not a method (e.g. "
-                         "model.primary_width), so those runs pair up as supervised / fixmatch / cmpl")
+    ap.add_argument(
+        "--cmpl-variant",
+        default="cmpl",
+        metavar="METHOD",
+        help="with --summary: the method in the CMPL column, e.g. cmpl-maximum (default: the paper's cross)",
+    )
+    ap.add_argument(
+        "--study-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --compare: an override key that describes the whole study, not a method (e.g. "
+        "model.primary_width), so those runs pair up as supervised / fixmatch / cmpl",
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
@@ -89,8 +98,16 @@ def main() -> int:
         given = args.families != ap.get_default("families")
         fams = args.families if given else [f for f in FAMILIES if any(r["family"] == f for r in records)]
         if args.summary:
-            print(summary_markdown(records, fams, args.labels, args.compare, cmpl=args.cmpl_variant,
-                                   common=COMMON + tuple(args.study_key)))
+            print(
+                summary_markdown(
+                    records,
+                    fams,
+                    args.labels,
+                    args.compare,
+                    cmpl=args.cmpl_variant,
+                    common=COMMON + tuple(args.study_key),
+                )
+            )
             return 0
         for fam in fams:
             print(compare_markdown(records, fam, args.labels, args.compare, args.data, COMMON + tuple(args.study_key)))
@@ -98,8 +115,10 @@ def main() -> int:
     if args.table:
         for line in open(res_path):
             r = json.loads(line)
-            print(f"{r['tag']:28s} {r['family']:11s} {r['labels']:>4s} {r['algo']:10s} s{r['seed']} "
-                  f"top1 {r['val_top1']:6.2f} aux {r.get('aux_val_top1', float('nan')):6.2f} {r['seconds'] / 60:5.1f} min")
+            print(
+                f"{r['tag']:28s} {r['family']:11s} {r['labels']:>4s} {r['algo']:10s} s{r['seed']} "
+                f"top1 {r['val_top1']:6.2f} aux {r.get('aux_val_top1', float('nan')):6.2f} {r['seconds'] / 60:5.1f} min"
+            )
         return 0
     from cmpl_ray.train.local import run_local
 
@@ -108,21 +127,42 @@ def main() -> int:
         for seed in args.seeds:
             lab, unl = split_lists(root, args.labels, seed)
             for algo in args.algo:
-                sets = [f"data.root={root}", f"data.labeled_list={lab}", f"data.unlabeled_list={unl}",
-                        f"data.val_list={root}/val.txt", f"data.classes_file={root}/classes.txt",
-                        f"algo.name={algo}", f"train.seed={seed}"] + family_overrides(root) + args.overrides
+                sets = (
+                    [
+                        f"data.root={root}",
+                        f"data.labeled_list={lab}",
+                        f"data.unlabeled_list={unl}",
+                        f"data.val_list={root}/val.txt",
+                        f"data.classes_file={root}/classes.txt",
+                        f"algo.name={algo}",
+                        f"train.seed={seed}",
+                    ]
+                    + family_overrides(root)
+                    + args.overrides
+                )
                 cfg = load_config(args.preset, overrides=sets)
                 t0 = time.perf_counter()
                 r = run_local(cfg, loader_workers=args.loader_workers, threads=args.threads, log=None)
-                rec = {"tag": args.tag, "family": fam, "labels": args.labels, "algo": algo, "seed": seed,
-                       "preset": args.preset, "overrides": args.overrides, "seconds": time.perf_counter() - t0,
-                       **{k: v for k, v in r.items() if k != "class_names"}}
+                rec = {
+                    "tag": args.tag,
+                    "family": fam,
+                    "labels": args.labels,
+                    "algo": algo,
+                    "seed": seed,
+                    "preset": args.preset,
+                    "overrides": args.overrides,
+                    "seconds": time.perf_counter() - t0,
+                    **{k: v for k, v in r.items() if k != "class_names"},
+                }
                 with open(res_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 curve = " ".join(f"{h['val_top1']:.0f}" for h in r["history"] if "val_top1" in h)
-                print(f"{args.tag:24s} {fam:11s} {args.labels:>4s} {algo:10s} s{seed} top1 {r['val_top1']:6.2f} "
-                      f"aux {r.get('aux_val_top1', float('nan')):6.2f} loss {r.get('train_loss', float('nan')):.3f} "
-                      f"[{curve}] {rec['seconds'] / 60:.1f} min", flush=True)
+                print(
+                    f"{args.tag:24s} {fam:11s} {args.labels:>4s} {algo:10s} s{seed} top1 {r['val_top1']:6.2f} "
+                    f"aux {r.get('aux_val_top1', float('nan')):6.2f} loss {r.get('train_loss', float('nan')):.3f} "
+                    f"[{curve}] {rec['seconds'] / 60:.1f} min",
+                    flush=True,
+                )
     return 0
 
 

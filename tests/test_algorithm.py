@@ -99,9 +99,16 @@ def _clip(ids, t=2):
 
 def _batch():
     # ids 0: labeled; 1, 2: unlabeled weak; 3, 4: unlabeled strong
-    return {"l_p": _clip([0]), "l_a": _clip([0], 4), "y_l": torch.tensor([0]),
-            "u_weak_p": _clip([1, 2]), "u_strong_p": _clip([3, 4]),
-            "u_weak_a": _clip([1, 2], 4), "u_strong_a": _clip([3, 4], 4), "y_u": torch.tensor([1, 0])}
+    return {
+        "l_p": _clip([0]),
+        "l_a": _clip([0], 4),
+        "y_l": torch.tensor([0]),
+        "u_weak_p": _clip([1, 2]),
+        "u_strong_p": _clip([3, 4]),
+        "u_weak_a": _clip([1, 2], 4),
+        "u_strong_a": _clip([3, 4], 4),
+        "y_u": torch.tensor([1, 0]),
+    }
 
 
 def test_cross_each_network_learns_from_the_other():
@@ -139,9 +146,15 @@ def test_no_gradient_through_teacher():
     torch.manual_seed(0)
     net_f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
     net_a = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4 * 4, 3))
-    b = {"l_p": torch.randn(2, 3, 2, 4, 4), "l_a": torch.randn(2, 3, 4, 4, 4), "y_l": torch.tensor([0, 1]),
-         "u_weak_p": torch.randn(3, 3, 2, 4, 4).requires_grad_(), "u_strong_p": torch.randn(3, 3, 2, 4, 4),
-         "u_weak_a": torch.randn(3, 3, 4, 4, 4).requires_grad_(), "u_strong_a": torch.randn(3, 3, 4, 4, 4)}
+    b = {
+        "l_p": torch.randn(2, 3, 2, 4, 4),
+        "l_a": torch.randn(2, 3, 4, 4, 4),
+        "y_l": torch.tensor([0, 1]),
+        "u_weak_p": torch.randn(3, 3, 2, 4, 4).requires_grad_(),
+        "u_strong_p": torch.randn(3, 3, 2, 4, 4),
+        "u_weak_a": torch.randn(3, 3, 4, 4, 4).requires_grad_(),
+        "u_strong_a": torch.randn(3, 3, 4, 4, 4),
+    }
     loss, _ = compute_objective(net_f, net_a, b, algo="cmpl", threshold=0.01, lambda_u=1.0, bn_mode="concat")
     loss.backward()
     assert b["u_weak_p"].grad is None or torch.all(b["u_weak_p"].grad == 0)
@@ -153,9 +166,15 @@ def test_bn_modes_run_and_update_running_stats(bn_mode):
     torch.manual_seed(0)
     net_f = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
     net_a = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 4 * 4 * 4, 3))
-    b = {"l_p": torch.randn(2, 3, 2, 4, 4), "l_a": torch.randn(2, 3, 4, 4, 4), "y_l": torch.tensor([0, 1]),
-         "u_weak_p": torch.randn(3, 3, 2, 4, 4) + 5, "u_strong_p": torch.randn(3, 3, 2, 4, 4),
-         "u_weak_a": torch.randn(3, 3, 4, 4, 4) + 5, "u_strong_a": torch.randn(3, 3, 4, 4, 4)}
+    b = {
+        "l_p": torch.randn(2, 3, 2, 4, 4),
+        "l_a": torch.randn(2, 3, 4, 4, 4),
+        "y_l": torch.tensor([0, 1]),
+        "u_weak_p": torch.randn(3, 3, 2, 4, 4) + 5,
+        "u_strong_p": torch.randn(3, 3, 2, 4, 4),
+        "u_weak_a": torch.randn(3, 3, 4, 4, 4) + 5,
+        "u_strong_a": torch.randn(3, 3, 4, 4, 4),
+    }
     before = net_f[0].num_batches_tracked.item()
     loss, _ = compute_objective(net_f, net_a, b, algo="cmpl", threshold=0.5, bn_mode=bn_mode)
     assert torch.isfinite(loss)
@@ -231,7 +250,11 @@ def test_bn_split_same_running_stats_as_separate_clean_views_and_no_graph_on_wea
     net = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
     ref = nn.Sequential(nn.BatchNorm3d(3), nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))
     ref.load_state_dict(net.state_dict())
-    lab, weak, strong = torch.randn(2, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4) + 3, torch.randn(3, 3, 2, 4, 4) * 50 + 100
+    lab, weak, strong = (
+        torch.randn(2, 3, 2, 4, 4),
+        torch.randn(3, 3, 2, 4, 4) + 3,
+        torch.randn(3, 3, 2, 4, 4) * 50 + 100,
+    )
     from cmpl_ray.algorithm import _forward_views
 
     out = _forward_views(net, [lab, weak, strong], "split")
@@ -269,8 +292,10 @@ def test_aux_stream_same_loss_and_gradients_as_one_stream():
     torch.manual_seed(0)
     dev = torch.device("cuda")
     net_f, net_a = build_model("tiny", 4, 1.0, 0.0).to(dev), build_model("tiny", 4, 0.5, 0.0).to(dev)
-    batch = {n: torch.randn(3, 3, 4, 16, 16, device=dev) for n in
-             ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+    batch = {
+        n: torch.randn(3, 3, 4, 16, 16, device=dev)
+        for n in ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")
+    }
     batch.update(y_l=torch.randint(0, 4, (3,), device=dev), y_u=torch.randint(0, 4, (3,), device=dev))
     out = []
     for stream in (None, torch.cuda.Stream(dev)):
@@ -297,12 +322,15 @@ def test_aux_stream_is_accepted_and_ignored_on_cpu():
         assert cfg.train.aux_stream is (flag == "true")
         torch.manual_seed(0)
         net_f, net_a = (nn.Sequential(nn.Flatten(), nn.Linear(12, 4)) for _ in range(2))
-        batch = {n: torch.randint(0, 255, (2, 3, 1, 2, 2), dtype=torch.uint8) for n in
-                 ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")}
+        batch = {
+            n: torch.randint(0, 255, (2, 3, 1, 2, 2), dtype=torch.uint8)
+            for n in ("l_p", "l_a", "u_weak_p", "u_strong_p", "u_weak_a", "u_strong_a")
+        }
         batch.update(y_l=torch.tensor([0, 1]), y_u=torch.tensor([2, 3]))
         opt = torch.optim.SGD(list(net_f.parameters()) + list(net_a.parameters()), lr=0.1)
-        train_one_epoch(net_f, net_a, opt, [batch], cfg, epoch=5, steps=1, global_step=0, total_steps=10,
-                        device=torch.device("cpu"))
+        train_one_epoch(
+            net_f, net_a, opt, [batch], cfg, epoch=5, steps=1, global_step=0, total_steps=10, device=torch.device("cpu")
+        )
         res.append(torch.cat([p.detach().flatten() for p in list(net_f.parameters()) + list(net_a.parameters())]))
     assert torch.equal(res[0], res[1])
 
@@ -316,8 +344,16 @@ def test_objective_kwargs_covers_every_config_derived_parameter():
 
     runtime = {"aux_stream"}  # a CUDA stream: chosen by the trainer, not the config
     params = [n for n, p in inspect.signature(compute_objective).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    cfg = load_config("demo", overrides=["algo.bn_mode=concat", "algo.aux_supervised=false",
-                                         "algo.aux_unsupervised=false", "algo.scheme=maximum", "algo.lambda_u=3"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            "algo.bn_mode=concat",
+            "algo.aux_supervised=false",
+            "algo.aux_unsupervised=false",
+            "algo.scheme=maximum",
+            "algo.lambda_u=3",
+        ],
+    )
     kw = objective_kwargs(cfg)
     assert set(kw) == set(params) - runtime
     for name, value in kw.items():

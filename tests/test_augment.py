@@ -89,7 +89,7 @@ def test_weak_resizes_short_side():
 def test_standard_is_a_crop_of_the_rescaled_clip():
     clip = _random_clip(4, h=32, w=48)
     v = A.standard(clip, 32, (32, 32), np.random.default_rng(0))  # scale == short side: crop only
-    windows = [clip[:, :, x:x + 32].transpose(3, 0, 1, 2) for x in range(17)]
+    windows = [clip[:, :, x : x + 32].transpose(3, 0, 1, 2) for x in range(17)]
     assert any(np.array_equal(v.numpy(), wdw) or np.array_equal(v.numpy(), wdw[..., ::-1]) for wdw in windows)
     with pytest.raises(ValueError):
         A.standard(clip, 32, (24, 40), np.random.default_rng(0))  # scale below crop
@@ -135,11 +135,11 @@ def test_eval_views_three_crops_along_the_long_side():
     v = A.eval_views(clip, 32, 3)
     assert v.shape == (3, 3, T, 32, 32) and v.dtype == torch.uint8
     for i, x in enumerate((0, 16, 32)):  # left, centre, right
-        np.testing.assert_array_equal(v[i].numpy(), clip[:, :, x:x + 32].transpose(3, 0, 1, 2))
+        np.testing.assert_array_equal(v[i].numpy(), clip[:, :, x : x + 32].transpose(3, 0, 1, 2))
     portrait = _random_clip(8, h=64, w=32)
     v = A.eval_views(portrait, 32, 3)
     for i, y in enumerate((0, 16, 32)):  # top, centre, bottom
-        np.testing.assert_array_equal(v[i].numpy(), portrait[:, y:y + 32].transpose(3, 0, 1, 2))
+        np.testing.assert_array_equal(v[i].numpy(), portrait[:, y : y + 32].transpose(3, 0, 1, 2))
     one = A.eval_views(clip, 32, 1)
     assert one.shape == (1, 3, T, 32, 32) and torch.equal(one[0], v.new_tensor(clip[:, :, 16:48].transpose(3, 0, 1, 2)))
     assert A.eval_views(_random_clip(9, h=24, w=40), 32, 3).shape == (3, 3, T, 32, 32)  # short side resized up

@@ -14,8 +14,22 @@ from cmpl_ray.train.checkpoint import CheckpointError, load_checkpoint, restore,
 def _save(tmp_path):
     f, a = build_model("tiny", 4, 1.0, 0.0), build_model("tiny", 4, 0.5, 0.0)
     opt = torch.optim.SGD(list(f.parameters()) + list(a.parameters()), lr=0.1, momentum=0.9)
-    return save_checkpoint(tmp_path, primary=f, aux=a, optimizer=opt, scaler=None, epoch=3, global_step=12,
-                           config={"algo": {"name": "cmpl"}}, metrics={"val_top1": 50.0}, extra={}), f, a
+    return (
+        save_checkpoint(
+            tmp_path,
+            primary=f,
+            aux=a,
+            optimizer=opt,
+            scaler=None,
+            epoch=3,
+            global_step=12,
+            config={"algo": {"name": "cmpl"}},
+            metrics={"val_top1": 50.0},
+            extra={},
+        ),
+        f,
+        a,
+    )
 
 
 def test_roundtrip(tmp_path):

@@ -9,9 +9,23 @@ import pytest
 
 from cmpl_ray.cli import main
 
-STEP = ["step", "--preset", "demo", "--set", "data.crop_size=16", "--set", "data.raw_clip_len=8", "--set",
-        "data.primary_stride=2", "--set", "data.aux_stride=1", "--set", "train.batch_labeled=2", "--set",
-        "model.num_classes=3"]
+STEP = [
+    "step",
+    "--preset",
+    "demo",
+    "--set",
+    "data.crop_size=16",
+    "--set",
+    "data.raw_clip_len=8",
+    "--set",
+    "data.primary_stride=2",
+    "--set",
+    "data.aux_stride=1",
+    "--set",
+    "train.batch_labeled=2",
+    "--set",
+    "model.num_classes=3",
+]
 
 
 def _step(capsys, *sets: str) -> dict:
@@ -35,7 +49,11 @@ def test_step_passes_every_config_switch_to_the_objective(capsys, monkeypatch):
     sets = ["algo.bn_mode=separate", "algo.aux_supervised=false", "algo.aux_unsupervised=false"]
     _step(capsys, *sets)
     want = objective_kwargs(load_config("demo", overrides=sets))
-    assert seen == want and (seen["bn_mode"], seen["aux_supervised"], seen["aux_unsupervised"]) == ("separate", False, False)
+    assert seen == want and (seen["bn_mode"], seen["aux_supervised"], seen["aux_unsupervised"]) == (
+        "separate",
+        False,
+        False,
+    )
 
 
 def test_step_loss_drops_the_auxiliary_supervised_term(capsys):
@@ -53,14 +71,34 @@ def tiny_checkpoint(tmp_path_factory):
     from cmpl_ray.train.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
-    cfg = load_config("demo", overrides=["data.crop_size=32", "data.train_short_side=[32, 40]",
-                                         "data.test_short_side=32", "data.raw_clip_len=8", "data.primary_stride=2",
-                                         "data.aux_stride=1", "data.time_offset=0", "data.eval_clips=1"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            "data.crop_size=32",
+            "data.train_short_side=[32, 40]",
+            "data.test_short_side=32",
+            "data.raw_clip_len=8",
+            "data.primary_stride=2",
+            "data.aux_stride=1",
+            "data.time_offset=0",
+            "data.eval_clips=1",
+        ],
+    )
     torch.manual_seed(0)
     primary, aux = build_networks(cfg, 3)
     opt = torch.optim.SGD(list(primary.parameters()) + list(aux.parameters()), lr=0.1)
-    save_checkpoint(d / "ckpt", primary=primary, aux=aux, optimizer=opt, scaler=None, epoch=0, global_step=1,
-                    config=cfg.to_dict(), metrics={}, extra={"class_names": ["a", "b", "c"]})
+    save_checkpoint(
+        d / "ckpt",
+        primary=primary,
+        aux=aux,
+        optimizer=opt,
+        scaler=None,
+        epoch=0,
+        global_step=1,
+        config=cfg.to_dict(),
+        metrics={},
+        extra={"class_names": ["a", "b", "c"]},
+    )
     return str(d / "ckpt")
 
 

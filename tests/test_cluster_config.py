@@ -85,9 +85,17 @@ def test_node_types_exist_and_are_sane(raw, prepared):
 
 def test_no_credentials_in_file():
     text = open(CLUSTER).read()
-    for pat in (r"(?i)aws_access_key", r"(?i)aws_secret", r"(?i)secret_access", r"(?i)session_token",
-                r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", r"-----BEGIN [A-Z ]*PRIVATE KEY", r"(?i)ssh_private_key\s*:",
-                r"(?i)password\s*[:=]\s*\S", r"postgres(ql)?://[^@\s]+:[^@\s]+@"):
+    for pat in (
+        r"(?i)aws_access_key",
+        r"(?i)aws_secret",
+        r"(?i)secret_access",
+        r"(?i)session_token",
+        r"\b(AKIA|ASIA)[0-9A-Z]{16}\b",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY",
+        r"(?i)ssh_private_key\s*:",
+        r"(?i)password\s*[:=]\s*\S",
+        r"postgres(ql)?://[^@\s]+:[^@\s]+@",
+    ):
         assert not re.search(pat, text), f"credential-like text in cluster.yaml: {pat}"
 
 
@@ -128,8 +136,9 @@ def test_dashboard_and_mlflow_bound_to_loopback(prepared):
     for seg in _find(prepared["worker_start_ray_commands"], "ray", "start"):
         params = start.make_context("start", seg[2:]).params
         assert params["address"] and not params["head"] and params["dashboard_host"] in (None, "localhost", "127.0.0.1")
-    every = " ".join(prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
-                     + prepared["setup_commands"])
+    every = " ".join(
+        prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"] + prepared["setup_commands"]
+    )
     assert "0.0.0.0" not in every and "--ray-debugger-external" not in every
 
 
@@ -141,8 +150,14 @@ def test_token_auth_distributed_to_every_node(prepared):
 
 
 def _dry_run(script: str, *args: str, **env) -> list[str]:
-    out = subprocess.run(["bash", os.path.join(SCRIPTS, script), *args], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "DRY_RUN": "1", "BUCKET": "s3://bkt", **env}, check=True).stdout
+    out = subprocess.run(
+        ["bash", os.path.join(SCRIPTS, script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DRY_RUN": "1", "BUCKET": "s3://bkt", **env},
+        check=True,
+    ).stdout
     return shlex.split(out)
 
 
@@ -158,8 +173,8 @@ def test_submit_train_builds_a_valid_command():
     argv = _dry_run("submit_train.sh", "--set", "train.epochs=3", GPUS="4")
     sep = argv.index("--")
     assert argv[:3] == ["ray", "job", "submit"] and "--working-dir" in argv[:sep]
-    assert argv[sep + 1: sep + 3] == ["cmpl-ray", "train"]
-    args = build_parser().parse_args(argv[sep + 2:])
+    assert argv[sep + 1 : sep + 3] == ["cmpl-ray", "train"]
+    args = build_parser().parse_args(argv[sep + 2 :])
     cfg = load_config(args.preset, args.config, args.overrides)  # every --set key exists and validates
     assert args.preset == "k400-1pct-r50"
     assert cfg.train.num_workers == 4 and cfg.optim.lr == pytest.approx(0.025) and cfg.train.epochs == 3
@@ -174,8 +189,8 @@ def test_submit_tune_builds_a_valid_command():
 
     argv = _dry_run("submit_tune.sh", GPUS_PER_TRIAL="2")
     sep = argv.index("--")
-    assert argv[sep + 1: sep + 3] == ["cmpl-ray", "tune"]
-    args = build_parser().parse_args(argv[sep + 2:])
+    assert argv[sep + 1 : sep + 3] == ["cmpl-ray", "tune"]
+    args = build_parser().parse_args(argv[sep + 2 :])
     assert os.path.isfile(os.path.join(ROOT, args.space)) and args.storage == "s3://bkt/tune"
     cfg = load_config(args.preset, args.config, args.overrides)
     assert cfg.train.num_workers == 2 and cfg.optim.lr == pytest.approx(0.0125)

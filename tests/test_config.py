@@ -3,15 +3,36 @@
 import pytest
 import yaml
 
-from cmpl_ray.config import Config, ConfigError, apply_overrides, from_dict, load_config, parse_value, preset_names, save_config
+from cmpl_ray.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_value,
+    preset_names,
+    save_config,
+)
 
-PUBLIC_KEYS = ["data.root", "data.labeled_list", "data.unlabeled_list", "data.val_list", "algo.name", "algo.scheme",
-               "algo.threshold", "algo.lambda_u", "algo.unlabeled_ratio", "train.epochs", "run.output_dir"]
+PUBLIC_KEYS = [
+    "data.root",
+    "data.labeled_list",
+    "data.unlabeled_list",
+    "data.val_list",
+    "algo.name",
+    "algo.scheme",
+    "algo.threshold",
+    "algo.lambda_u",
+    "algo.unlabeled_ratio",
+    "train.epochs",
+    "run.output_dir",
+]
 
 
 def test_presets_load_and_carry_the_paper_recipe():
-    assert {"demo", "ucf101-1pct-r50", "ucf101-10pct-r50", "k400-1pct-r50", "k400-10pct-r50",
-            "ucf101-1pct-r18"} <= set(preset_names())
+    assert {"demo", "ucf101-1pct-r50", "ucf101-10pct-r50", "k400-1pct-r50", "k400-10pct-r50", "ucf101-1pct-r18"} <= set(
+        preset_names()
+    )
     for name in preset_names():
         cfg = load_config(name)
         assert set(PUBLIC_KEYS) <= set(cfg.flat())
@@ -35,31 +56,65 @@ def test_round_trip(tmp_path):
     assert from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("1e-4", 1e-4), ("true", True), ("False", False),
-                                        ("[256, 320]", [256, 320]), ("cross", "cross"), ("s3://b/x", "s3://b/x")])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("3", 3),
+        ("0.5", 0.5),
+        ("1e-4", 1e-4),
+        ("true", True),
+        ("False", False),
+        ("[256, 320]", [256, 320]),
+        ("cross", "cross"),
+        ("s3://b/x", "s3://b/x"),
+    ],
+)
 def test_parse_value(text, value):
     assert parse_value(text) == value
 
 
 def test_set_overrides_types():
-    cfg = load_config("demo", overrides=["train.epochs=3", "optim.lr=0.2", "algo.lambda_u=1", "data.weak_flip=true",
-                                         "data.train_short_side=[64, 80]", "train.use_gpu=no"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            "train.epochs=3",
+            "optim.lr=0.2",
+            "algo.lambda_u=1",
+            "data.weak_flip=true",
+            "data.train_short_side=[64, 80]",
+            "train.use_gpu=no",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.2 and isinstance(cfg.algo.lambda_u, float)
     assert cfg.data.weak_flip is True and cfg.data.train_short_side == [64, 80] and cfg.train.use_gpu is False
 
 
-@pytest.mark.parametrize("override,key", [
-    ("algo.threshold=0", "algo.threshold"), ("algo.threshold=1.5", "algo.threshold"),
-    ("algo.lambda_u=-1", "algo.lambda_u"), ("algo.unlabeled_ratio=0", "algo.unlabeled_ratio"),
-    ("algo.unlabeled_ratio=2.5", "algo.unlabeled_ratio"), ("data.primary_stride=3", "data.primary_stride"),
-    ("data.aux_stride=0", "data.aux_stride"), ("model.aux_width=0.001", "model.aux_width"),
-    ("model.primary_width=-1", "model.primary_width"), ("algo.name=meanteacher", "algo.name"),
-    ("algo.scheme=best", "algo.scheme"), ("train.epochs=0", "train.epochs"), ("train.amp=fp8", "train.amp"),
-    ("model.primary_arch=r101", "model.primary_arch"), ("train.epochs=ten", "train.epochs"),
-    ("data.weak_flip=maybe", "data.weak_flip"), ("data.train_short_side=[10]", "data.train_short_side"),
-    ("optim.lr=0", "optim.lr"), ("run.name=a/b", "run.name"), ("data.eval_crops=2", "data.eval_crops"),
-    ("data.val_decode=threads", "data.val_decode"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("algo.threshold=0", "algo.threshold"),
+        ("algo.threshold=1.5", "algo.threshold"),
+        ("algo.lambda_u=-1", "algo.lambda_u"),
+        ("algo.unlabeled_ratio=0", "algo.unlabeled_ratio"),
+        ("algo.unlabeled_ratio=2.5", "algo.unlabeled_ratio"),
+        ("data.primary_stride=3", "data.primary_stride"),
+        ("data.aux_stride=0", "data.aux_stride"),
+        ("model.aux_width=0.001", "model.aux_width"),
+        ("model.primary_width=-1", "model.primary_width"),
+        ("algo.name=meanteacher", "algo.name"),
+        ("algo.scheme=best", "algo.scheme"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.amp=fp8", "train.amp"),
+        ("model.primary_arch=r101", "model.primary_arch"),
+        ("train.epochs=ten", "train.epochs"),
+        ("data.weak_flip=maybe", "data.weak_flip"),
+        ("data.train_short_side=[10]", "data.train_short_side"),
+        ("optim.lr=0", "optim.lr"),
+        ("run.name=a/b", "run.name"),
+        ("data.eval_crops=2", "data.eval_crops"),
+        ("data.val_decode=threads", "data.val_decode"),
+    ],
+)
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config("demo", overrides=[override])
@@ -89,7 +144,9 @@ def test_aux_same_resolves_to_primary():
     assert Config().aux_spec() == ("r50", 0.25)
 
 
-@pytest.mark.parametrize("spec", ["right:left,left:up", "right:left,up:left", "a:b,b:c", "up:up", "right:left,right:up"])
+@pytest.mark.parametrize(
+    "spec", ["right:left,left:up", "right:left,up:left", "a:b,b:c", "up:up", "right:left,right:up"]
+)
 def test_flip_label_map_must_be_its_own_inverse(spec):
     """A flip applied twice gives back the clip, so the label map must too: two classes onto one is refused."""
     with pytest.raises(ConfigError) as e:

@@ -7,9 +7,32 @@ from cmpl_ray.config import ConfigError, load_config  # noqa: I001
 
 KEYS = sorted(load_config("demo").flat())
 values = st.one_of(
-    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["true", "false", "", "[]", "[1, 2]", "[a, b]", "{a: 1}", "null", "~", "- x", "1e-4", "nan",
-                     "inf", ":", "'", "[", "cross", "r50", "s3://b/p", "0x10"]),
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "",
+            "[]",
+            "[1, 2]",
+            "[a, b]",
+            "{a: 1}",
+            "null",
+            "~",
+            "- x",
+            "1e-4",
+            "nan",
+            "inf",
+            ":",
+            "'",
+            "[",
+            "cross",
+            "r50",
+            "s3://b/p",
+            "0x10",
+        ]
+    ),
     st.text(max_size=12),
 )
 

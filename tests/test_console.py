@@ -89,15 +89,26 @@ def test_forward_filter_keeps_project_lines_and_files_the_rest(tmp_path):
     got = []
     log = tmp_path / "ray.log"
     f = ForwardFilter(got.append, str(log))
-    f({"pid": 7, "actor_name": "RayTrainWorker", "is_err": False,
-       "lines": ["Moving model to device: cpu", "[cmpl-ray] epoch 1/2 step 1/6 loss 1.0"]})
+    f(
+        {
+            "pid": 7,
+            "actor_name": "RayTrainWorker",
+            "is_err": False,
+            "lines": ["Moving model to device: cpu", "[cmpl-ray] epoch 1/2 step 1/6 loss 1.0"],
+        }
+    )
     f({"pid": 8, "actor_name": "PlacementGroupCleaner", "lines": ["Failed to query Ray Train Controller"]})
     f({"pid": "autoscaler", "lines": ["======== Autoscaler status ========"]})
     f({"pid": 9, "task_name": "trial_fn", "lines": ["[cmpl-ray tune] best val_top1 1.00"]})
-    assert [d["lines"] for d in got] == [["[cmpl-ray] epoch 1/2 step 1/6 loss 1.0"], ["[cmpl-ray tune] best val_top1 1.00"]]
+    assert [d["lines"] for d in got] == [
+        ["[cmpl-ray] epoch 1/2 step 1/6 loss 1.0"],
+        ["[cmpl-ray tune] best val_top1 1.00"],
+    ]
     assert got[0]["actor_name"] == "RayTrainWorker"  # Ray's own prefix is still printed for our lines
-    assert log.read_text().splitlines() == ["(RayTrainWorker pid=7) Moving model to device: cpu",
-                                            "(PlacementGroupCleaner pid=8) Failed to query Ray Train Controller"]
+    assert log.read_text().splitlines() == [
+        "(RayTrainWorker pid=7) Moving model to device: cpu",
+        "(PlacementGroupCleaner pid=8) Failed to query Ray Train Controller",
+    ]
 
 
 def test_filter_wraps_rays_real_forwarding_handler(tmp_path):
@@ -123,8 +134,10 @@ def test_trainer_without_state_api_drops_only_the_placement_group_cleaner(monkey
     from cmpl_ray.train import launch
 
     def names(cls):
-        return [type(c).__name__ for c in cls(lambda: None, scaling_config=ScalingConfig(num_workers=1))
-                ._create_default_callbacks()]
+        return [
+            type(c).__name__
+            for c in cls(lambda: None, scaling_config=ScalingConfig(num_workers=1))._create_default_callbacks()
+        ]
 
     monkeypatch.setitem(launch._STATE_API, "served", None)  # connected to a cluster: Ray's defaults
     assert launch._trainer_class() is TorchTrainer
@@ -135,15 +148,33 @@ def test_trainer_without_state_api_drops_only_the_placement_group_cleaner(monkey
 
 
 def test_summary_has_headline_metrics_table_files_and_mlflow_command():
-    m = {"val_top1": 37.5, "val_top5": 80.0, "val_mean_class_acc": 36.0, "aux_val_top1": 45.8, "aux_val_top5": 90.0,
-         "aux_val_mean_class_acc": 44.0, "val_top1_best": 40.0, "skipped_samples": 2, "restarts": 1,
-         "best_checkpoint": "/r/ckpt_3", "history": [{"epoch": 8.0}]}
+    m = {
+        "val_top1": 37.5,
+        "val_top5": 80.0,
+        "val_mean_class_acc": 36.0,
+        "aux_val_top1": 45.8,
+        "aux_val_top5": 90.0,
+        "aux_val_mean_class_acc": 44.0,
+        "val_top1_best": 40.0,
+        "skipped_samples": 2,
+        "restarts": 1,
+        "best_checkpoint": "/r/ckpt_3",
+        "history": [{"epoch": 8.0}],
+    }
     lines = console.summary_lines(m, 293.0, "/o", "abc", "cmpl-ray ui --store sqlite:///m.db", "/o/ray.log")
-    assert lines[0] == ("[cmpl-ray] done in 4.9 min: val top1 37.50% top5 80.00% mean-class 36.00%, aux top1 45.80%; "
-                        "skipped samples 2")
+    assert lines[0] == (
+        "[cmpl-ray] done in 4.9 min: val top1 37.50% top5 80.00% mean-class 36.00%, aux top1 45.80%; skipped samples 2"
+    )
     text = "\n".join(lines)
-    for part in ("val top-1          37.50%     45.80%", "best val top-1     40.00%", "restarts 1", "/o  (metrics.json",
-                 "checkpoint  /r/ckpt_3", "/o/ray.log", "MLflow run  abc; browse with: cmpl-ray ui --store sqlite:///m.db"):
+    for part in (
+        "val top-1          37.50%     45.80%",
+        "best val top-1     40.00%",
+        "restarts 1",
+        "/o  (metrics.json",
+        "checkpoint  /r/ckpt_3",
+        "/o/ray.log",
+        "MLflow run  abc; browse with: cmpl-ray ui --store sqlite:///m.db",
+    ):
         assert part in text, part
     sup = console.summary_lines({"val_top1": 1.0}, 60, "/o", None, None)
     assert "aux" not in "\n".join(sup) and "MLflow" not in "\n".join(sup) and "Ray's log" not in "\n".join(sup)

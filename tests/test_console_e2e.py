@@ -21,9 +21,19 @@ from cmpl_ray.data.lists import read_list, split_labeled, write_list
 
 pytestmark = pytest.mark.slow
 
-RAY_LINES = ("(TrainController", "(RayTrainWorker", "(SplitCoordinator", "core_worker.cc", "PlacementGroupCleaner",
-             "RayDeprecationWarning", "Token authentication", "Reporting training result",
-             "Checkpoint successfully created", "Started a local Ray instance", "mlflow.store")
+RAY_LINES = (
+    "(TrainController",
+    "(RayTrainWorker",
+    "(SplitCoordinator",
+    "core_worker.cc",
+    "PlacementGroupCleaner",
+    "RayDeprecationWarning",
+    "Token authentication",
+    "Reporting training result",
+    "Checkpoint successfully created",
+    "Started a local Ray instance",
+    "mlflow.store",
+)
 CLEANER_LOOP = "Failed to query Ray Train Controller actor state"
 
 
@@ -31,14 +41,31 @@ def _cmd(root, tmp, *extra):
     lab, unl = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=2, seed=0)
     write_list(str(tmp / "lab.txt"), lab)
     write_list(str(tmp / "unl.txt"), unl)
-    sets = {"data.root": root, "data.labeled_list": tmp / "lab.txt", "data.unlabeled_list": tmp / "unl.txt",
-            "data.val_list": f"{root}/val.txt", "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32,
-            "data.train_short_side": "[32,40]", "data.test_short_side": 32, "data.eval_clips": 1,
-            "train.batch_labeled": 2, "algo.unlabeled_ratio": 2, "train.log_every": 1, "optim.warmup_epochs": 0,
-            "train.epochs": 2, "train.steps_per_epoch": 2, "train.eval_every": 2, "run.output_dir": f"{tmp}/out",
-            "run.storage_path": f"{tmp}/ray_results", "run.name": "console", "tracking.uri": f"sqlite:///{tmp}/mlflow.db"}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": tmp / "lab.txt",
+        "data.unlabeled_list": tmp / "unl.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "algo.unlabeled_ratio": 2,
+        "train.log_every": 1,
+        "optim.warmup_epochs": 0,
+        "train.epochs": 2,
+        "train.steps_per_epoch": 2,
+        "train.eval_every": 2,
+        "run.output_dir": f"{tmp}/out",
+        "run.storage_path": f"{tmp}/ray_results",
+        "run.name": "console",
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+    }
     return [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo", *extra] + [
-        a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+        a for k, v in sets.items() for a in ("--set", f"{k}={v}")
+    ]
 
 
 def _env(**extra):
@@ -104,8 +131,15 @@ def test_terminal_gets_one_progress_bar_per_epoch(synth_root, tmp_path):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    p = subprocess.Popen(_cmd(synth_root, tmp_path), cwd=tmp_path, env=_env(TERM="xterm"), stdout=slave, stderr=slave,
-                         stdin=subprocess.DEVNULL, close_fds=True)
+    p = subprocess.Popen(
+        _cmd(synth_root, tmp_path),
+        cwd=tmp_path,
+        env=_env(TERM="xterm"),
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        close_fds=True,
+    )
     os.close(slave)
     rc = p.wait(timeout=400)
     reader.join(timeout=30)

@@ -15,8 +15,14 @@ from cmpl_ray.algorithm import compute_objective
 
 
 def _net(t: int) -> nn.Module:
-    return nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
-                         nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv3d(3, 4, 3, padding=1),
+        nn.BatchNorm3d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def _worker(rank: int, port: int, bn_mode: str, out: str) -> None:
@@ -29,8 +35,15 @@ def _worker(rank: int, port: int, bn_mode: str, out: str) -> None:
     g = torch.Generator().manual_seed(100 + rank)  # different data per rank
     for _ in range(2):
         clip = lambda n, t: torch.randn(n, 3, t, 6, 6, generator=g)  # noqa: E731  (B, C, T, H, W)
-        batch = {"l_p": clip(2, 4), "l_a": clip(2, 8), "u_weak_p": clip(3, 4), "u_strong_p": clip(3, 4),
-                 "u_weak_a": clip(3, 8), "u_strong_a": clip(3, 8), "y_l": torch.randint(0, 3, (2,), generator=g)}
+        batch = {
+            "l_p": clip(2, 4),
+            "l_a": clip(2, 8),
+            "u_weak_p": clip(3, 4),
+            "u_strong_p": clip(3, 4),
+            "u_weak_a": clip(3, 8),
+            "u_strong_a": clip(3, 8),
+            "y_l": torch.randint(0, 3, (2,), generator=g),
+        }
         loss, _ = compute_objective(f, a, batch, algo="cmpl", threshold=0.0, bn_mode=bn_mode)
         opt.zero_grad()
         loss.backward()

@@ -77,7 +77,7 @@ def _decoded_by_pyav(path) -> list[np.ndarray]:
 
 
 def test_decord_cannot_open_av1(av1):
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - decord raises its own DECORDError, whatever it reports
         decode._open(av1, -1, -1, 1)  # the reason this fallback exists
     assert len(_decoded_by_pyav(av1)) == N  # the file itself is fine
 
@@ -200,6 +200,7 @@ def test_truncated_av1_is_undecodable(tmp_path, av1):
 
 def test_empty_stream_does_not_fall_back(h264, monkeypatch):
     """decord's "no frames" is a fact about the file, not a missing codec: no second decoder."""
+
     def empty(*a, **k):
         raise BadVideo("empty", "no frames")
 
@@ -212,6 +213,7 @@ def test_empty_stream_does_not_fall_back(h264, monkeypatch):
 
 def test_fallback_shares_the_timeout(h264, monkeypatch):
     """decord's failure plus a hanging PyAV read cost one timeout, not two."""
+
     def slow_failure(*a, **k):
         time.sleep(0.3)
         raise BadVideo("undecodable", "DECORDError: pretend the codec is missing")
@@ -228,9 +230,16 @@ def test_clip_decoder_says_which_backend_read_each_video(tmp_path, av1):
     from cmpl_ray.config import load_config
     from cmpl_ray.data.decoder import ClipDecoder
 
-    sets = ["data.crop_size=32", "data.train_short_side=[32, 40]", "data.test_short_side=32",
-            "data.raw_clip_len=16", "data.primary_stride=4", "data.aux_stride=2", "data.eval_clips=2",
-            "data.eval_crops=1"]
+    sets = [
+        "data.crop_size=32",
+        "data.train_short_side=[32, 40]",
+        "data.test_short_side=32",
+        "data.raw_clip_len=16",
+        "data.primary_stride=4",
+        "data.aux_stride=2",
+        "data.eval_clips=2",
+        "data.eval_crops=1",
+    ]
     dc = dataclasses.asdict(load_config("demo", overrides=sets).data)
     h = write_h264(tmp_path / "h.mp4", _coded())
     garbage = tmp_path / "garbage.mp4"

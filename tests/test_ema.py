@@ -64,10 +64,23 @@ def test_loop_updates_once_per_applied_step_only():
 
     net = OneBad()
     ema = WeightEma([net], decay=0.99)
-    batches = ({"l_p": torch.randint(0, 255, (2, 3, 2, 4, 4), dtype=torch.uint8), "y_l": torch.tensor([0, 1])}
-               for _ in range(5))
-    res = train_one_epoch(net, None, torch.optim.SGD(net.parameters(), lr=0.1), batches, cfg, epoch=0, steps=5,
-                          global_step=0, total_steps=5, device=torch.device("cpu"), ema=ema)
+    batches = (
+        {"l_p": torch.randint(0, 255, (2, 3, 2, 4, 4), dtype=torch.uint8), "y_l": torch.tensor([0, 1])}
+        for _ in range(5)
+    )
+    res = train_one_epoch(
+        net,
+        None,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        batches,
+        cfg,
+        epoch=0,
+        steps=5,
+        global_step=0,
+        total_steps=5,
+        device=torch.device("cpu"),
+        ema=ema,
+    )
     assert res.steps == 4 and ema.updates == 4  # the skipped non-finite step does not touch the average
     assert torch.isfinite(ema.nets[0].fc.weight).all()
     assert not torch.equal(ema.nets[0].fc.weight, net.fc.weight)  # it lags the live weights
@@ -81,8 +94,9 @@ def test_checkpoint_keeps_live_and_ema_weights_apart(tmp_path):
             p.add_(1.0)
     ema.update()
     opt = torch.optim.SGD(list(f.parameters()) + list(a.parameters()), lr=0.1)
-    save_checkpoint(tmp_path, primary=f, aux=a, optimizer=opt, scaler=None, epoch=0, global_step=1,
-                    config={}, metrics={}, ema=ema)
+    save_checkpoint(
+        tmp_path, primary=f, aux=a, optimizer=opt, scaler=None, epoch=0, global_step=1, config={}, metrics={}, ema=ema
+    )
     state = load_checkpoint(tmp_path)
     live_f, live_a = build_model("tiny", 4, 1.0, 0.0), build_model("tiny", 4, 0.5, 0.0)
     restore(state, primary=live_f, aux=live_a)

@@ -43,10 +43,21 @@ def test_epoch_rows_are_drawn_afresh_every_epoch_and_keep_their_coverage():
 
 
 def _cfg(root, **over):
-    sets = [f"data.root={root}", "data.crop_size=32", "data.train_short_side=[32, 40]", "data.test_short_side=32",
-            "data.raw_clip_len=16", "data.primary_stride=4", "data.aux_stride=2", "train.batch_labeled=2",
-            "algo.unlabeled_ratio=2", "data.decode_batch=2", "data.cpus_per_decoder=0.5", "algo.name=fixmatch",
-            "data.decode_actors=2"] + [f"{k}={v}" for k, v in over.items()]
+    sets = [
+        f"data.root={root}",
+        "data.crop_size=32",
+        "data.train_short_side=[32, 40]",
+        "data.test_short_side=32",
+        "data.raw_clip_len=16",
+        "data.primary_stride=4",
+        "data.aux_stride=2",
+        "train.batch_labeled=2",
+        "algo.unlabeled_ratio=2",
+        "data.decode_batch=2",
+        "data.cpus_per_decoder=0.5",
+        "algo.name=fixmatch",
+        "data.decode_actors=2",
+    ] + [f"{k}={v}" for k, v in over.items()]
     return load_config("demo", overrides=sets)
 
 
@@ -56,9 +67,17 @@ def _lists(root):
 
 
 def _decoder(cfg, labeled, unlabeled, per_epoch=0):
-    return ClipDecoder("train", dataclasses.asdict(cfg.data), 4, cfg.uses_aux, cfg.train.seed,
-                       _pairs(labeled, cfg.data.root), _pairs(unlabeled, cfg.data.root), cfg.algo.unlabeled_ratio,
-                       per_epoch=per_epoch)
+    return ClipDecoder(
+        "train",
+        dataclasses.asdict(cfg.data),
+        4,
+        cfg.uses_aux,
+        cfg.train.seed,
+        _pairs(labeled, cfg.data.root),
+        _pairs(unlabeled, cfg.data.root),
+        cfg.algo.unlabeled_ratio,
+        per_epoch=per_epoch,
+    )
 
 
 def test_a_keyed_clip_does_not_depend_on_its_batch_or_decoder(synth_root):
@@ -74,15 +93,17 @@ def test_a_keyed_clip_does_not_depend_on_its_batch_or_decoder(synth_root):
             np.testing.assert_array_equal(together[k][j], a[k][0], err_msg=k)
     # a position row draws the epoch's rows itself: the same clips as the rows it names
     by_pos = _decoder(cfg, labeled, unlabeled, per_epoch=6)({"pos": np.array([1, 3])})
-    direct = _decoder(cfg, labeled, unlabeled)({"data": epoch_rows(4, 12, 6, 2, [0, 0])[[1, 3]],
-                                                 "key": row_keys(0, np.array([1, 3]))})
+    direct = _decoder(cfg, labeled, unlabeled)(
+        {"data": epoch_rows(4, 12, 6, 2, [0, 0])[[1, 3]], "key": row_keys(0, np.array([1, 3]))}
+    )
     for k in CLIPS + ("u_index", "key"):
         np.testing.assert_array_equal(by_pos[k], direct[k], err_msg=k)
     # a run-long stream: position 6 + p is row p of epoch 1, also in a batch that straddles the epochs
     straddle = _decoder(cfg, labeled, unlabeled, per_epoch=6)({"pos": np.array([5, 6, 9])})
     assert straddle["key"].tolist() == [5, KEY_STRIDE, KEY_STRIDE + 3]
-    next_epoch = _decoder(cfg, labeled, unlabeled)({"data": epoch_rows(4, 12, 6, 2, [0, 1])[[0, 3]],
-                                                    "key": row_keys(1, np.array([0, 3]))})
+    next_epoch = _decoder(cfg, labeled, unlabeled)(
+        {"data": epoch_rows(4, 12, 6, 2, [0, 1])[[0, 3]], "key": row_keys(1, np.array([0, 3]))}
+    )
     for k in CLIPS + ("u_index", "key"):
         np.testing.assert_array_equal(straddle[k][1:], next_epoch[k], err_msg=k)
     # another key, another clip (the strong views and crops are random)

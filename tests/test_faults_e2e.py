@@ -23,12 +23,25 @@ pytestmark = pytest.mark.slow
 
 
 def _sets(root, lab, unl, tmp, name, **over):
-    sets = {"data.root": root, "data.labeled_list": lab, "data.unlabeled_list": unl,
-            "data.val_list": f"{root}/val.txt", "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32,
-            "data.train_short_side": "[32,40]", "data.test_short_side": 32, "data.eval_clips": 1,
-            "train.batch_labeled": 2, "algo.unlabeled_ratio": 2, "train.log_every": 1, "optim.warmup_epochs": 0,
-            "run.output_dir": f"{tmp}/out", "run.storage_path": f"{tmp}/ray_results", "run.name": name,
-            "tracking.uri": f"sqlite:///{tmp}/mlflow.db"}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": lab,
+        "data.unlabeled_list": unl,
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "algo.unlabeled_ratio": 2,
+        "train.log_every": 1,
+        "optim.warmup_epochs": 0,
+        "run.output_dir": f"{tmp}/out",
+        "run.storage_path": f"{tmp}/ray_results",
+        "run.name": name,
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+    }
     sets.update(over)
     return ["train", "--preset", "demo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
@@ -81,16 +94,40 @@ def test_corrupt_data_at_scale_every_bad_file_counted_once_no_good_sample_lost(s
         c.mux(s.encode())
     bad = [str(bad_dir / n) for n in ("missing.mp4", "empty.mp4", "garbage.mp4", "truncated.mp4", "audio_only.mp4")]
     # 16 good + 5 bad + 1 short + 1 AV1 + 1 more missing = 24 unlabeled rows -> 6 steps of 2 x 2 per epoch
-    unl_items = list(unl) + [VideoItem(p, 0) for p in bad] + [VideoItem(str(bad_dir / "short.mp4"), 0)] + [
-        VideoItem(str(bad_dir / "av1.mp4"), 2), VideoItem(str(bad_dir / "gone0.mp4"), 1)]
+    unl_items = (
+        list(unl)
+        + [VideoItem(p, 0) for p in bad]
+        + [VideoItem(str(bad_dir / "short.mp4"), 0)]
+        + [VideoItem(str(bad_dir / "av1.mp4"), 2), VideoItem(str(bad_dir / "gone0.mp4"), 1)]
+    )
     n_bad = len(bad) + 1
     write_list(str(tmp_path / "lab.txt"), lab)
     write_list(str(tmp_path / "unl.txt"), unl_items)
     epochs = 4  # a bad video in every epoch: each later epoch must still run (no restart allowed)
-    r = subprocess.run(_cmd(_sets(synth_root, tmp_path / "lab.txt", tmp_path / "unl.txt", tmp_path, "corrupt",
-                                  **{"train.epochs": epochs, "train.eval_every": 2, "train.steps_per_epoch": 0,
-                                     "train.passes": 0, "train.min_steps": 0, "run.max_failures": 0})),
-                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        _cmd(
+            _sets(
+                synth_root,
+                tmp_path / "lab.txt",
+                tmp_path / "unl.txt",
+                tmp_path,
+                "corrupt",
+                **{
+                    "train.epochs": epochs,
+                    "train.eval_every": 2,
+                    "train.steps_per_epoch": 0,
+                    "train.passes": 0,
+                    "train.min_steps": 0,
+                    "run.max_failures": 0,
+                },
+            )
+        ),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     steps = len(unl_items) // 4  # one pass over the unlabeled list per epoch (B_u = 4)
@@ -98,9 +135,13 @@ def test_corrupt_data_at_scale_every_bad_file_counted_once_no_good_sample_lost(s
     assert m["files_read_by_pyav"] == 1  # the AV1 file, read every epoch, counted once
     assert m["files_read_by_decord"] == len(lab) + len(unl) + 1  # every labeled and good unlabeled file + short
     assert m["skipped_samples"] == n_bad * epochs, m["bad_files"]
-    assert sorted(m["bad_files"]) == sorted(f"u:{i}" for i in range(len(unl_items))
-                                            if unl_items[i].path.endswith(("missing.mp4", "empty.mp4", "garbage.mp4",
-                                                                           "truncated.mp4", "audio_only.mp4", "gone0.mp4")))
+    assert sorted(m["bad_files"]) == sorted(
+        f"u:{i}"
+        for i in range(len(unl_items))
+        if unl_items[i].path.endswith(
+            ("missing.mp4", "empty.mp4", "garbage.mp4", "truncated.mp4", "audio_only.mp4", "gone0.mp4")
+        )
+    )
     assert m["looped_samples"] == epochs  # the short video is looped and used, not dropped
     total = epochs * steps * 2 * (1 + 2)  # rows x (1 labeled + 2 unlabeled)
     assert m["good_samples"] == total - n_bad * epochs  # every good clip trained: nothing else lost
@@ -113,11 +154,18 @@ def test_driver_killed_then_same_command_resumes(synth_root, tmp_path):
     lab, unl = split_labeled(read_list(os.path.join(synth_root, "train.txt")), per_class=2, seed=0)
     write_list(str(tmp_path / "lab.txt"), lab)
     write_list(str(tmp_path / "unl.txt"), unl)
-    args = _sets(synth_root, tmp_path / "lab.txt", tmp_path / "unl.txt", tmp_path, "dd",
-                 **{"train.epochs": 6, "train.steps_per_epoch": 2, "train.eval_every": 1})  # ~1 s epochs: the kill lands first
+    args = _sets(
+        synth_root,
+        tmp_path / "lab.txt",
+        tmp_path / "unl.txt",
+        tmp_path,
+        "dd",
+        **{"train.epochs": 6, "train.steps_per_epoch": 2, "train.eval_every": 1},
+    )  # ~1 s epochs: the kill lands first
     with open(tmp_path / "run1.log", "w") as log:
-        p = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)  # its own process group: the driver and the Ray it started
+        p = subprocess.Popen(
+            _cmd(args), cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group: the driver and the Ray it started
         snap = tmp_path / "ray_results" / "dd" / "checkpoint_manager_snapshot.json"
         deadline = time.time() + 420  # wait until the controller has registered the epoch-1 checkpoint
         while time.time() < deadline and p.poll() is None and "checkpoint_dir_name" not in _text(snap):
@@ -125,7 +173,11 @@ def test_driver_killed_then_same_command_resumes(synth_root, tmp_path):
         assert p.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
-    first = json.loads((tmp_path / "out" / "metrics.json").read_text()) if (tmp_path / "out" / "metrics.json").exists() else None
+    first = (
+        json.loads((tmp_path / "out" / "metrics.json").read_text())
+        if (tmp_path / "out" / "metrics.json").exists()
+        else None
+    )
     assert first is None, "the run finished before the driver was killed: no fault injected"
     r = subprocess.run(_cmd(args), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -158,10 +210,31 @@ def test_demo_http_servers_listen_on_loopback_only(tmp_path):
     """The demo starts no HTTP server off loopback (no Ray dashboard, no MLflow server: the store is a sqlite
     file). Ray 2.60's own gRPC servers (GCS, raylet, core workers, agents) bind all interfaces by design and are
     guarded by Ray's token authentication, which is on by default: both facts are checked, not assumed."""
-    cmd = _cmd(["demo", "--root", str(tmp_path / "data"), "--per-class", "6", "--classes", "4",
-                "--labels-per-class", "2", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3",
-                "--set", "data.eval_clips=1", "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                "--set", f"run.output_dir={tmp_path}/out", "--set", f"run.storage_path={tmp_path}/rr"])
+    cmd = _cmd(
+        [
+            "demo",
+            "--root",
+            str(tmp_path / "data"),
+            "--per-class",
+            "6",
+            "--classes",
+            "4",
+            "--labels-per-class",
+            "2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.steps_per_epoch=3",
+            "--set",
+            "data.eval_clips=1",
+            "--set",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "--set",
+            f"run.output_dir={tmp_path}/out",
+            "--set",
+            f"run.storage_path={tmp_path}/rr",
+        ]
+    )
     seen = []
     with open(tmp_path / "demo.log", "w") as log:
         # Ray's default auth mode, not what an in-process ray.init() of an earlier test left in os.environ

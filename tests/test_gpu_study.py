@@ -21,9 +21,16 @@ ALGOS = ("supervised", "fixmatch", "cmpl")
 def test_summary_pairs_runs_by_seed():
     from gpu_study import summarize
 
-    runs = [{"algo": a, "seed": s, "val_top1": t} for a, s, t in
-            (("supervised", 0, 30.0), ("fixmatch", 0, 37.0), ("cmpl", 0, 40.0), ("supervised", 1, 20.0),
-             ("fixmatch", 1, 25.0))]  # seed 1's CMPL run was cut off
+    runs = [
+        {"algo": a, "seed": s, "val_top1": t}
+        for a, s, t in (
+            ("supervised", 0, 30.0),
+            ("fixmatch", 0, 37.0),
+            ("cmpl", 0, 40.0),
+            ("supervised", 1, 20.0),
+            ("fixmatch", 1, 25.0),
+        )
+    ]  # seed 1's CMPL run was cut off
     out = summarize(runs, list(ALGOS))
     assert out["mean"]["supervised"]["top1"] == 25.0 and out["mean"]["cmpl"]["n"] == 1
     assert out["diff"]["fixmatch-supervised"] == {"per_seed": {0: 7.0, 1: 5.0}, "mean": 6.0, "n": 2}

@@ -27,8 +27,21 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-EXCLUDES = [".git", ".venv", ".whl", ".hypothesis", ".gpudata", ".pytest_cache", "outputs", "mlruns", "mlflow.db",
-            "demo_data", "runs", "*.egg-info", "__pycache__"]
+EXCLUDES = [
+    ".git",
+    ".venv",
+    ".whl",
+    ".hypothesis",
+    ".gpudata",
+    ".pytest_cache",
+    "outputs",
+    "mlruns",
+    "mlflow.db",
+    "demo_data",
+    "runs",
+    "*.egg-info",
+    "__pycache__",
+]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
@@ -93,12 +106,25 @@ def _head(num_cpus: int, auth_env: dict[str, str]):
     gcs, dash, client, agent = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(auth_env)
-    cmd = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"]
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={gcs}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        "--disable-usage-stats",
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # own process group: the daemons it forks stay in it
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # own process group: the daemons it forks stay in it
     pgid = proc.pid
     try:
         out, _ = proc.communicate(timeout=180)
@@ -138,17 +164,42 @@ def test_demo_as_ray_job_logs_to_mlflow(ray_head, tmp_path):
         mp.delenv("RAY_ADDRESS", raising=False)
         client = JobSubmissionClient(f"http://127.0.0.1:{ray_head['dashboard']}")
         uri = f"sqlite:///{tmp_path}/mlflow.db"
-        sets = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.log_every": 1, "data.eval_clips": 1,
-                "data.eval_crops": 1, "data.crop_size": 32, "data.train_short_side": "[32,40]",
-                "data.test_short_side": 32, "train.batch_labeled": 4, "tracking.uri": uri,
-                "run.output_dir": f"{tmp_path}/out", "run.storage_path": f"{tmp_path}/ray_results"}
-        entrypoint = shlex.join([sys.executable, "-m", "cmpl_ray", "demo", "--root", f"{tmp_path}/demo_data",
-                                 "--classes", "4", "--per-class", "6", "--labels-per-class", "2"]
-                                + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+        sets = {
+            "train.epochs": 1,
+            "train.steps_per_epoch": 2,
+            "train.log_every": 1,
+            "data.eval_clips": 1,
+            "data.eval_crops": 1,
+            "data.crop_size": 32,
+            "data.train_short_side": "[32,40]",
+            "data.test_short_side": 32,
+            "train.batch_labeled": 4,
+            "tracking.uri": uri,
+            "run.output_dir": f"{tmp_path}/out",
+            "run.storage_path": f"{tmp_path}/ray_results",
+        }
+        entrypoint = shlex.join(
+            [
+                sys.executable,
+                "-m",
+                "cmpl_ray",
+                "demo",
+                "--root",
+                f"{tmp_path}/demo_data",
+                "--classes",
+                "4",
+                "--per-class",
+                "6",
+                "--labels-per-class",
+                "2",
+            ]
+            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+        )
         t0 = time.perf_counter()
-        job_id = client.submit_job(entrypoint=entrypoint,
-                                   runtime_env={"working_dir": ROOT, "excludes": EXCLUDES,
-                                                "env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": ROOT, "excludes": EXCLUDES, "env_vars": {"RAY_AUTH_MODE": "disabled"}},
+        )
         status = _wait_for(client, job_id, timeout=480)
         logs = client.get_job_logs(job_id)
         print(f"[test] job {job_id}: {status} in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -191,11 +242,30 @@ def test_token_auth_as_configured_in_cluster_yaml(tmp_path):
     with _head(1, auth) as head:
         url = f"http://127.0.0.1:{head['dashboard']}"
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        refused = subprocess.run([RAY, "job", "list", "--address", url], capture_output=True, text=True, timeout=120,
-                                 env={**base, "RAY_AUTH_MODE": "disabled"})
-        ok = subprocess.run([RAY, "job", "submit", "--address", url, "--", sys.executable, "-c",
-                             "import ray; ray.init(); print('nodes', len(ray.nodes()))"],
-                            capture_output=True, text=True, timeout=300, env={**base, **auth})
+        refused = subprocess.run(
+            [RAY, "job", "list", "--address", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**base, "RAY_AUTH_MODE": "disabled"},
+        )
+        ok = subprocess.run(
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                url,
+                "--",
+                sys.executable,
+                "-c",
+                "import ray; ray.init(); print('nodes', len(ray.nodes()))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**base, **auth},
+        )
     assert refused.returncode != 0 and "Unauthorized" in refused.stdout + refused.stderr, refused.stderr[-2000:]
     out = ok.stdout + ok.stderr
     assert ok.returncode == 0 and "nodes 1" in out and "succeeded" in out, out[-3000:]

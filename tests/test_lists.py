@@ -14,9 +14,18 @@ from collections import Counter
 import pytest
 
 from cmpl_ray.data import commands
-from cmpl_ray.data.lists import (ListFormatError, VideoItem, prepare_kinetics400, prepare_ucf101,
-                                 read_classes, read_list, resolve_path, split_labeled, write_classes,
-                                 write_list)
+from cmpl_ray.data.lists import (
+    ListFormatError,
+    VideoItem,
+    prepare_kinetics400,
+    prepare_ucf101,
+    read_classes,
+    read_list,
+    resolve_path,
+    split_labeled,
+    write_classes,
+    write_list,
+)
 
 
 def _write(path, text):
@@ -28,18 +37,27 @@ def _write(path, text):
 
 # ----------------------------------------------------------------------------- format
 def test_parse_comments_blanks_spaces_and_tabs(tmp_path):
-    p = _write(tmp_path / "a.txt", "# header\n\na/b.mp4 0\n  playing guitar/x y.mp4   3  \n"
-                                   "c.avi\t2\r\n   # indented comment\nd#e.mp4 1\n")
-    assert read_list(p) == [VideoItem("a/b.mp4", 0), VideoItem("playing guitar/x y.mp4", 3),
-                            VideoItem("c.avi", 2), VideoItem("d#e.mp4", 1)]
+    p = _write(
+        tmp_path / "a.txt",
+        "# header\n\na/b.mp4 0\n  playing guitar/x y.mp4   3  \nc.avi\t2\r\n   # indented comment\nd#e.mp4 1\n",
+    )
+    assert read_list(p) == [
+        VideoItem("a/b.mp4", 0),
+        VideoItem("playing guitar/x y.mp4", 3),
+        VideoItem("c.avi", 2),
+        VideoItem("d#e.mp4", 1),
+    ]
 
 
-@pytest.mark.parametrize("line,needle", [
-    ("onlypath.mp4", "missing label"),
-    ("a.mp4 x", "not an integer"),
-    ("a.mp4 1.5", "not an integer"),
-    ("a.mp4 -1", "negative label"),
-])
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("onlypath.mp4", "missing label"),
+        ("a.mp4 x", "not an integer"),
+        ("a.mp4 1.5", "not an integer"),
+        ("a.mp4 -1", "negative label"),
+    ],
+)
 def test_parse_errors_name_file_and_line(tmp_path, line, needle):
     p = _write(tmp_path / "bad.txt", f"# c\nok.mp4 0\n{line}\n")
     with pytest.raises(ListFormatError) as exc:
@@ -67,8 +85,13 @@ def test_round_trip_local_and_uri(tmp_path):
 
 
 def test_write_rejects_unreadable_entries(tmp_path):
-    for bad in ([VideoItem(" lead.mp4", 0)], [VideoItem("a.mp4", -1)], [VideoItem("#a.mp4", 0)],
-                [VideoItem("", 0)], [VideoItem("a\nb", 0)]):
+    for bad in (
+        [VideoItem(" lead.mp4", 0)],
+        [VideoItem("a.mp4", -1)],
+        [VideoItem("#a.mp4", 0)],
+        [VideoItem("", 0)],
+        [VideoItem("a\nb", 0)],
+    ):
         with pytest.raises(ValueError):
             write_list(str(tmp_path / "x.txt"), bad)
 
@@ -96,10 +119,17 @@ def _fake_ucf(root, with_subdir=True):
     vids = os.path.join(root, "UCF-101") if with_subdir else root
     ann = os.path.join(root, "ucfTrainTestlist")
     _write(os.path.join(ann, "classInd.txt"), "1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
-    train = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1", "HandstandPushups/v_HandStandPushups_g08_c01.avi 2",
-             "YoYo/v_YoYo_g08_c01.avi 3", "YoYo/v_YoYo_g09_c01.avi 3"]
-    test = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "HandStandPushups/v_HandStandPushups_g01_c01.avi",
-            "YoYo/v_YoYo_g01_c01.avi"]
+    train = [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1",
+        "HandstandPushups/v_HandStandPushups_g08_c01.avi 2",
+        "YoYo/v_YoYo_g08_c01.avi 3",
+        "YoYo/v_YoYo_g09_c01.avi 3",
+    ]
+    test = [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "HandStandPushups/v_HandStandPushups_g01_c01.avi",
+        "YoYo/v_YoYo_g01_c01.avi",
+    ]
     _write(os.path.join(ann, "trainlist01.txt"), "\r\n".join(train) + "\r\n")
     _write(os.path.join(ann, "testlist01.txt"), "\r\n".join(test) + "\r\n")
     missing = {"YoYo/v_YoYo_g09_c01.avi", "YoYo/v_YoYo_g01_c01.avi"}
@@ -138,16 +168,22 @@ def test_prepare_ucf101_errors(tmp_path):
 
 def _fake_k400(root, val_dir="val", val_csv="validate.csv"):
     header = "label,youtube_id,time_start,time_end,split,is_cc\n"
-    _write(os.path.join(root, "annotations", "train.csv"), header +
-           "riding a bike,abc,10,20,train,0\n"
-           "abseiling,-x_Y,0,10,train,0\n"
-           "abseiling,zzz,5,15,train,0\n"
-           "riding a bike,gone,1,11,train,0\n")
-    _write(os.path.join(root, "annotations", val_csv), header +
-           "abseiling,vvv,30,40,val,0\n"
-           "riding a bike,www,2,12,val,0\n")
-    for rel in ["train/riding a bike/abc_000010_000020.mp4", "train/abseiling/-x_Y_000000_000010.mp4",
-                "train/abseiling/zzz_000005_000015.mp4", f"{val_dir}/abseiling/vvv_000030_000040.mp4"]:
+    _write(
+        os.path.join(root, "annotations", "train.csv"),
+        header + "riding a bike,abc,10,20,train,0\n"
+        "abseiling,-x_Y,0,10,train,0\n"
+        "abseiling,zzz,5,15,train,0\n"
+        "riding a bike,gone,1,11,train,0\n",
+    )
+    _write(
+        os.path.join(root, "annotations", val_csv), header + "abseiling,vvv,30,40,val,0\nriding a bike,www,2,12,val,0\n"
+    )
+    for rel in [
+        "train/riding a bike/abc_000010_000020.mp4",
+        "train/abseiling/-x_Y_000000_000010.mp4",
+        "train/abseiling/zzz_000005_000015.mp4",
+        f"{val_dir}/abseiling/vvv_000030_000040.mp4",
+    ]:
         _write(os.path.join(root, rel), "x")
 
 
@@ -157,8 +193,10 @@ def test_prepare_kinetics400(tmp_path, val_dir, val_csv):
     _fake_k400(root, val_dir, val_csv)
     s = prepare_kinetics400(root)
     assert (s["num_classes"], s["train"], s["val"]) == (2, 3, 1)
-    assert sorted(s["missing"]) == ["train/riding a bike/gone_000001_000011.mp4",
-                                    f"{val_dir}/riding a bike/www_000002_000012.mp4"]
+    assert sorted(s["missing"]) == [
+        "train/riding a bike/gone_000001_000011.mp4",
+        f"{val_dir}/riding a bike/www_000002_000012.mp4",
+    ]
     assert read_classes(os.path.join(root, "classes.txt")) == ["abseiling", "riding a bike"]
     train = read_list(os.path.join(root, "train.txt"))
     assert VideoItem("train/riding a bike/abc_000010_000020.mp4", 1) in train
@@ -207,14 +245,21 @@ def test_split_category_wise_proportions():
     assert Counter(it.label for it in lab) == {0: 5, 1: 3, 2: 1, 3: 1}  # remainder tie .5/.5 -> lower label
     lab, _ = split_labeled(_items([97, 1, 1, 1]), per_class=1, seed=0, category_wise=True)
     assert Counter(it.label for it in lab) == {0: 1, 1: 1, 2: 1, 3: 1}  # >= 1 each when possible
-    assert split_labeled(items, per_class=5, seed=0, category_wise=True)[0] != \
-        split_labeled(items, per_class=5, seed=3, category_wise=True)[0]
+    assert (
+        split_labeled(items, per_class=5, seed=0, category_wise=True)[0]
+        != split_labeled(items, per_class=5, seed=3, category_wise=True)[0]
+    )
 
 
 def test_split_argument_errors():
     items = _items([4, 4])
-    for kw in (dict(), dict(per_class=1, fraction=0.5), dict(per_class=0), dict(fraction=1.5),
-               dict(per_class=1, seed=-1)):
+    for kw in (
+        dict(),
+        dict(per_class=1, fraction=0.5),
+        dict(per_class=0),
+        dict(fraction=1.5),
+        dict(per_class=1, seed=-1),
+    ):
         with pytest.raises(ValueError):
             split_labeled(items, **kw)
     with pytest.raises(ValueError, match="duplicate path"):
@@ -232,6 +277,7 @@ def cli():
     def run(*argv):
         args = parser.parse_args([str(a) for a in argv])
         return args.func(args)
+
     return run
 
 
@@ -243,8 +289,7 @@ def test_cli_split(cli, tmp_path, capsys):
     assert "labeled 6 videos in 3 classes" in out and "unlabeled 24" in out
     assert len(read_list(str(tmp_path / "s" / "labeled.txt"))) == 6
     assert read_classes(str(tmp_path / "s" / "classes.txt")) == ["a", "b", "c"]
-    assert cli("split", tmp_path / "train.txt", "--fraction", 0.5, "--category-wise",
-               "--out", tmp_path / "t") == 0
+    assert cli("split", tmp_path / "train.txt", "--fraction", 0.5, "--category-wise", "--out", tmp_path / "t") == 0
 
 
 def test_cli_errors_one_line_exit_2(cli, tmp_path, capsys):
@@ -284,8 +329,25 @@ def test_split_help_documents_protocol(cli, capsys):
 
 def test_cli_synth(cli, tmp_path, capsys):
     out = tmp_path / "syn"
-    assert cli("synth", out, "--classes", 2, "--per-class", 2, "--seed", 3, "--frames", 8, "--size", 32,
-               "--val-per-class", 1) == 0
+    assert (
+        cli(
+            "synth",
+            out,
+            "--classes",
+            2,
+            "--per-class",
+            2,
+            "--seed",
+            3,
+            "--frames",
+            8,
+            "--size",
+            32,
+            "--val-per-class",
+            1,
+        )
+        == 0
+    )
     line = capsys.readouterr().out
     assert "2 classes (1 motion, 1 appearance), 4 train + 2 val videos" in line and " s -> " in line
     assert len(read_list(str(out / "train.txt"))) == 4 and len(read_list(str(out / "val.txt"))) == 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from importlib import metadata
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -52,5 +52,7 @@ def test_this_environment_runs_the_locked_versions():
         name = canonicalize_name(dist.metadata["Name"])
         if name in pins and Version(dist.version) != pins[name]:
             wrong[name] = f"{dist.version} installed, {pins[name]} locked"
-    assert not wrong, (f"{wrong}: reinstall with `bash scripts/setup_env.sh` (or set CMPL_NO_LOCK=1 when testing "
-                       "other versions on purpose)")
+    assert not wrong, (
+        f"{wrong}: reinstall with `bash scripts/setup_env.sh` (or set CMPL_NO_LOCK=1 when testing "
+        "other versions on purpose)"
+    )

@@ -45,13 +45,33 @@ def test_non_finite_steps_are_skipped_counted_then_stop():
     net = Tiny(poison_after=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses"):
-        train_one_epoch(net, None, opt, batches(10), cfg, epoch=0, steps=10, global_step=0, total_steps=10,
-                        device=torch.device("cpu"))
+        train_one_epoch(
+            net,
+            None,
+            opt,
+            batches(10),
+            cfg,
+            epoch=0,
+            steps=10,
+            global_step=0,
+            total_steps=10,
+            device=torch.device("cpu"),
+        )
     assert torch.isfinite(net.fc.weight).all()  # the poisoned steps never touched the weights
     cfg2 = load_config("demo", overrides=["algo.name=supervised", "train.max_bad_steps=5"])
     net2 = Tiny()
-    res = train_one_epoch(net2, None, torch.optim.SGD(net2.parameters(), lr=0.1), batches(4), cfg2, epoch=0,
-                          steps=4, global_step=0, total_steps=4, device=torch.device("cpu"))
+    res = train_one_epoch(
+        net2,
+        None,
+        torch.optim.SGD(net2.parameters(), lr=0.1),
+        batches(4),
+        cfg2,
+        epoch=0,
+        steps=4,
+        global_step=0,
+        total_steps=4,
+        device=torch.device("cpu"),
+    )
     assert res.steps == 4 and res.skipped_steps == 0 and res.clips == 8
 
 
@@ -64,8 +84,18 @@ def test_isolated_bad_step_is_skipped_and_training_goes_on():
             return out * float("inf") if self.calls == 2 else out
 
     net = OneBad()
-    res = train_one_epoch(net, None, torch.optim.SGD(net.parameters(), lr=0.1), batches(5), cfg, epoch=0, steps=5,
-                          global_step=0, total_steps=5, device=torch.device("cpu"))
+    res = train_one_epoch(
+        net,
+        None,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        batches(5),
+        cfg,
+        epoch=0,
+        steps=5,
+        global_step=0,
+        total_steps=5,
+        device=torch.device("cpu"),
+    )
     assert res.steps == 4 and res.skipped_steps == 1
 
 
@@ -76,8 +106,11 @@ def test_evaluate_multiview_hand_computed():
             return torch.stack([-p * 10, p * 10], dim=1)
 
     dark, bright = torch.zeros(3, 1, 1, 1, dtype=torch.uint8), torch.full((3, 1, 1, 1), 255, dtype=torch.uint8)
-    batch = {"v_p": torch.stack([torch.stack([dark, dark]), torch.stack([bright, dark])]),  # (B=2, V=2, C, T, H, W)
-             "y": torch.tensor([0, 1]), "valid": torch.tensor([True, True])}
+    batch = {
+        "v_p": torch.stack([torch.stack([dark, dark]), torch.stack([bright, dark])]),  # (B=2, V=2, C, T, H, W)
+        "y": torch.tensor([0, 1]),
+        "valid": torch.tensor([True, True]),
+    }
     counts = evaluate(ByPixel(), None, [batch], 2, torch.device("cpu"))
     res = summarize_eval(counts, has_aux=False)
     # video 0: both views dark -> class 0 (right); video 1: one bright, one dark -> averaged softmax ~ tie

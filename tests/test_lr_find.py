@@ -27,11 +27,12 @@ def test_analyse_finds_the_minimum_and_the_steepest_descent():
     r = analyse(lrs, losses, beta=0.0)  # no smoothing: the raw curve
     assert r["lr_min_loss"] == pytest.approx(lrs[5]) and r["min_smoothed_loss"] == pytest.approx(0.8)
     assert r["suggested_lr"] == pytest.approx(lrs[5] / 10)
-    # d loss / d log lr is most negative between 1e-3 (1.9) and 1e-2 (0.9): np.gradient's central difference peaks at 1.2
+    # d loss / d log lr is most negative between 1e-3 (1.9) and 1e-2 (0.9): np.gradient's central difference
+    # peaks at 1.2
     assert r["lr_steepest"] == pytest.approx(lrs[3])
     sm = analyse(lrs, losses, beta=0.9)["smoothed"]
     assert sm[0] == pytest.approx(2.0)  # bias correction: the first smoothed value is the first loss
-    assert sm[2] == pytest.approx((0.1 * 0.81 * 2 + 0.1 * 0.9 * 2 + 0.1 * 1.9) / (1 - 0.9 ** 3))
+    assert sm[2] == pytest.approx((0.1 * 0.81 * 2 + 0.1 * 0.9 * 2 + 0.1 * 1.9) / (1 - 0.9**3))
 
 
 @pytest.mark.slow
@@ -42,10 +43,19 @@ def test_range_test_on_real_videos_records_and_stops_when_the_loss_diverges(tmp_
 
     root = tmp_path / "d"
     write_family(str(root), "flicker", per_class=3, val_per_class=1, seed=0)
-    cfg = load_config("suite-cpu", overrides=[
-        f"data.root={root}", f"data.labeled_list={root}/train.txt", "data.unlabeled_list=",
-        f"data.val_list={root}/val.txt", f"data.classes_file={root}/classes.txt", "train.batch_labeled=4",
-        "data.raw_clip_len=16", "tracking.enabled=false"])
+    cfg = load_config(
+        "suite-cpu",
+        overrides=[
+            f"data.root={root}",
+            f"data.labeled_list={root}/train.txt",
+            "data.unlabeled_list=",
+            f"data.val_list={root}/val.txt",
+            f"data.classes_file={root}/classes.txt",
+            "train.batch_labeled=4",
+            "data.raw_clip_len=16",
+            "tracking.enabled=false",
+        ],
+    )
     r = lr_range_test(cfg, start=1e-3, end=1e4, steps=40, loader_workers=0, threads=1, log=None)
     assert 10 < r["steps_run"] < 40  # lr up to 1e4 with momentum SGD: the loss blows up before the end
     assert r["lrs"] == sorted(r["lrs"]) and r["lrs"][0] == pytest.approx(1e-3)
@@ -55,9 +65,19 @@ def test_range_test_on_real_videos_records_and_stops_when_the_loss_diverges(tmp_
     from cmpl_ray.cli import main
 
     out = tmp_path / "curve.json"
-    sets = [a for kv in (f"data.root={root}", f"data.labeled_list={root}/train.txt", "data.unlabeled_list=",
-                         f"data.val_list={root}/val.txt", f"data.classes_file={root}/classes.txt",
-                         "train.batch_labeled=4", "data.raw_clip_len=16") for a in ("--set", kv)]
+    sets = [
+        a
+        for kv in (
+            f"data.root={root}",
+            f"data.labeled_list={root}/train.txt",
+            "data.unlabeled_list=",
+            f"data.val_list={root}/val.txt",
+            f"data.classes_file={root}/classes.txt",
+            "train.batch_labeled=4",
+            "data.raw_clip_len=16",
+        )
+        for a in ("--set", kv)
+    ]
     assert main(["lr-find", "--preset", "suite-cpu", *sets, "--steps", "12", "--threads", "1", "--out", str(out)]) == 0
     import json
 
@@ -72,10 +92,21 @@ def test_range_test_runs_with_the_threads_asked_for(synth_root, monkeypatch):
     from cmpl_ray.config import load_config
     from cmpl_ray.train import lr_find
 
-    cfg = load_config("demo", overrides=[
-        f"data.root={synth_root}", f"data.labeled_list={synth_root}/train.txt", "data.unlabeled_list=",
-        f"data.val_list={synth_root}/val.txt", f"data.classes_file={synth_root}/classes.txt", "data.crop_size=32",
-        "data.train_short_side=[32, 40]", "data.test_short_side=32", "data.raw_clip_len=16", "train.batch_labeled=2"])
+    cfg = load_config(
+        "demo",
+        overrides=[
+            f"data.root={synth_root}",
+            f"data.labeled_list={synth_root}/train.txt",
+            "data.unlabeled_list=",
+            f"data.val_list={synth_root}/val.txt",
+            f"data.classes_file={synth_root}/classes.txt",
+            "data.crop_size=32",
+            "data.train_short_side=[32, 40]",
+            "data.test_short_side=32",
+            "data.raw_clip_len=16",
+            "train.batch_labeled=2",
+        ],
+    )
     seen = []
     real = lr_find.compute_objective
 

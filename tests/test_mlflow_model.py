@@ -27,10 +27,19 @@ from cmpl_ray.train.inference import load_models, predict
 
 
 def _cfg(root: str, splits, **over):
-    sets = {"data.root": root, "data.labeled_list": f"{splits}/labeled.txt", "data.unlabeled_list": f"{splits}/unlabeled.txt",
-            "data.val_list": f"{root}/val.txt", "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32,
-            "data.train_short_side": "[32, 40]", "data.test_short_side": 32, "data.raw_clip_len": 16,
-            "data.eval_clips": 2, "data.eval_crops": 1}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": f"{splits}/labeled.txt",
+        "data.unlabeled_list": f"{splits}/unlabeled.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32, 40]",
+        "data.test_short_side": 32,
+        "data.raw_clip_len": 16,
+        "data.eval_clips": 2,
+        "data.eval_crops": 1,
+    }
     sets.update(over)
     return load_config("demo", overrides=[f"{k}={v}" for k, v in sets.items()])
 
@@ -62,9 +71,19 @@ def logged(synth_root, tmp_path_factory):
             p.add_(0.05)
     ema.update()  # EMA != live: the model must carry what validation measured (the EMA)
     opt = torch.optim.SGD(list(primary.parameters()) + list(aux.parameters()), lr=0.1)
-    save_checkpoint(d / "best", primary=primary, aux=aux, optimizer=opt, scaler=None, epoch=1, global_step=6,
-                    config=cfg.to_dict(), metrics={"val_top1": 37.5}, extra={"class_names": ["a", "b", "c", "d"]},
-                    ema=ema)
+    save_checkpoint(
+        d / "best",
+        primary=primary,
+        aux=aux,
+        optimizer=opt,
+        scaler=None,
+        epoch=1,
+        global_step=6,
+        config=cfg.to_dict(),
+        metrics={"val_top1": 37.5},
+        extra={"class_names": ["a", "b", "c", "d"]},
+        ema=ema,
+    )
     uri = cfg.tracking.uri
     run_id = mlflow_run.start_run(uri, "mlmodel-exp", "r1", {"algo.name": "cmpl"})
     assert mlflow_run.log_list_inputs(uri, run_id, cfg)
@@ -121,8 +140,9 @@ def test_predict_on_a_runs_and_models_uri_matches_the_checkpoint(logged, synth_r
     got = predict(f"runs:/{run_id}/primary", [video], topk=4, tracking_uri=uri)[0]["top"]
     assert [n for n, _ in got] == [n for n, _ in want]
     np.testing.assert_allclose([p for _, p in got], [p for _, p in want], rtol=1e-5, atol=1e-6)
-    assert main(["predict", f"models:/cmpl-test/{done['registered']}", video, "--tracking-uri", uri,
-                 "--topk", "2"]) == 0
+    assert (
+        main(["predict", f"models:/cmpl-test/{done['registered']}", video, "--tracking-uri", uri, "--topk", "2"]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == video and len(lines) == 3 and lines[1].split()[1] == want[0][0]
 
@@ -139,11 +159,19 @@ def test_list_files_are_dataset_inputs_with_their_hash(logged):
         context = next(t.value for t in i.tags if t.key == "mlflow.data.context")
         assert context == ("validation" if role == "val" else "training")
     assert '"videos": 8' in by_role["val"].dataset.profile  # 4 classes x 2 val videos
-    same = load_config("demo", overrides=[f"data.labeled_list={cfg.data.val_list}", f"data.val_list={cfg.data.val_list}",
-                                          f"data.unlabeled_list={cfg.data.unlabeled_list}"])
+    same = load_config(
+        "demo",
+        overrides=[
+            f"data.labeled_list={cfg.data.val_list}",
+            f"data.val_list={cfg.data.val_list}",
+            f"data.unlabeled_list={cfg.data.unlabeled_list}",
+        ],
+    )
     tags = [{t.key: t.value for t in i.tags} for i in mlflow_run.list_inputs(same.data)]
-    assert [(t["cmpl.list"], t["mlflow.data.context"]) for t in tags] == [("labeled+val", "training+validation"),
-                                                                          ("unlabeled", "training")]
+    assert [(t["cmpl.list"], t["mlflow.data.context"]) for t in tags] == [
+        ("labeled+val", "training+validation"),
+        ("unlabeled", "training"),
+    ]
 
 
 def test_experiments_are_model_training_ones(logged):
@@ -154,8 +182,9 @@ def test_experiments_are_model_training_ones(logged):
     client.set_experiment_tag(other, "mlflow.experimentKind", "genai_development")
     mlflow_run.start_run(uri, "user-kind", "r", {})
     assert client.get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice wins
-    assert done["url"] == (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run_id}"
-                           "?workflowType=machine_learning")
+    assert done["url"] == (
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    )
     assert mlflow_run.run_url("http://h:5001/", "3").startswith("http://h:5001/#/experiments/3/runs?")
 
 
@@ -212,5 +241,6 @@ def test_normalisation_metadata_follows_the_training_constants(monkeypatch):
     assert norm["mean"] == [0.3] * 3 and norm["std"] == [0.7] * 3
     assert "minus mean 0.3, over std 0.7" in mlflow_model.input_description()
     clip = torch.randint(0, 256, (1, 3, 2, 3, 3), dtype=torch.uint8)
-    np.testing.assert_allclose(_as_metadata_says(clip.numpy(), norm), loop.normalize(clip, torch.device("cpu")).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _as_metadata_says(clip.numpy(), norm), loop.normalize(clip, torch.device("cpu")).numpy(), rtol=1e-5, atol=1e-5
+    )

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cmpl_ray.models import (MODELS, Bottleneck, Plain3D, ResNet3D, build_model, count_flops, count_macs,
-                             count_params)
+from cmpl_ray.models import MODELS, Bottleneck, Plain3D, ResNet3D, build_model, count_flops, count_macs, count_params
 
 NUM_CLASSES = 7
 WIDTHS = (1.0, 0.5, 0.25, 0.125)

@@ -22,10 +22,24 @@ def local_ray():
 
 
 def small_cfg(root, **over):
-    sets = [f"data.root={root}", "data.crop_size=32", "data.train_short_side=[32, 40]", "data.test_short_side=32",
-            "data.raw_clip_len=16", "data.primary_stride=4", "data.aux_stride=2", "data.eval_clips=2",
-            "data.eval_crops=1", "train.batch_labeled=2", "algo.unlabeled_ratio=2", "data.decode_batch=2",
-            "data.cpus_per_decoder=0.25", "train.steps_per_epoch=0", "train.passes=0", "train.min_steps=0"] + [f"{k}={v}" for k, v in over.items()]
+    sets = [
+        f"data.root={root}",
+        "data.crop_size=32",
+        "data.train_short_side=[32, 40]",
+        "data.test_short_side=32",
+        "data.raw_clip_len=16",
+        "data.primary_stride=4",
+        "data.aux_stride=2",
+        "data.eval_clips=2",
+        "data.eval_crops=1",
+        "train.batch_labeled=2",
+        "algo.unlabeled_ratio=2",
+        "data.decode_batch=2",
+        "data.cpus_per_decoder=0.25",
+        "train.steps_per_epoch=0",
+        "train.passes=0",
+        "train.min_steps=0",
+    ] + [f"{k}={v}" for k, v in over.items()]
     return load_config("demo", overrides=sets)
 
 
@@ -39,8 +53,13 @@ def test_epoch_rows_cover_unlabeled_once_and_cycle_labeled():
 
 
 def test_steps_per_epoch_is_the_same_for_every_algorithm():
-    base = ["train.batch_labeled=2", "algo.unlabeled_ratio=3", "train.steps_per_epoch=0", "train.passes=0",
-            "train.min_steps=0"]  # one pass over the unlabeled set
+    base = [
+        "train.batch_labeled=2",
+        "algo.unlabeled_ratio=3",
+        "train.steps_per_epoch=0",
+        "train.passes=0",
+        "train.min_steps=0",
+    ]  # one pass over the unlabeled set
     cfg = load_config("demo", overrides=base)
     assert steps_per_epoch(cfg, 10, 60, world=2) == 5
     sup = load_config("demo", overrides=base + ["algo.name=supervised"])
@@ -63,8 +82,14 @@ def _bad_files(root, write_mp4):
     with open(os.path.join(bad, "truncated.mp4"), "wb") as f:
         f.write(data[: len(data) // 3])
     write_mp4(os.path.join(bad, "short.mp4"), np.full((6, 40, 40, 3), 100, np.uint8), 12)
-    return [("bad/missing.mp4", 0, 1), ("bad/empty.mp4", 0, 2), ("bad/garbage.mp4", 0, 3),
-            ("bad/truncated.mp4", 0, 3), ("bad/short.mp4", 0, 99), (read_list(os.path.join(root, "train.txt"))[0].path, 99, 5)]
+    return [
+        ("bad/missing.mp4", 0, 1),
+        ("bad/empty.mp4", 0, 2),
+        ("bad/garbage.mp4", 0, 3),
+        ("bad/truncated.mp4", 0, 3),
+        ("bad/short.mp4", 0, 99),
+        (read_list(os.path.join(root, "train.txt"))[0].path, 99, 5),
+    ]
 
 
 def test_decoder_skips_and_counts_bad_videos(synth_root, write_mp4):
@@ -125,8 +150,9 @@ def test_streamed_epochs_two_workers(synth_root, local_ray):
             b = epoch[0]
             assert tuple(b["l_p"].shape) == (2, 3, 4, 32, 32) and tuple(b["u_weak_a"].shape) == (2, 2, 3, 8, 32, 32)
             assert b["l_valid"].all() and b["u_valid"].all()
-    per_epoch_u = [sorted(int(i) for r in range(world) for b in results[r][e] for i in b["u_index"].flatten())
-                   for e in range(2)]
+    per_epoch_u = [
+        sorted(int(i) for r in range(world) for b in results[r][e] for i in b["u_index"].flatten()) for e in range(2)
+    ]
     expected = steps * 2 * 2 * world  # steps x B_u x world
     assert len(per_epoch_u[0]) == expected and len(set(per_epoch_u[0])) == expected  # no duplicates in an epoch
 
@@ -172,19 +198,28 @@ def test_val_dataset_streamed_to_two_ranks_is_exact(synth_root, local_ray):
     threads = [threading.Thread(target=consume, args=(r,)) for r in range(2)]
     [t.start() for t in threads]
     [t.join(timeout=300) for t in threads]
-    rows = [(int(i), bool(v), int(e)) for r in range(2) for b in got[r]
-            for i, v, e in zip(b["index"], b["valid"], b["err"])]
+    rows = [
+        (int(i), bool(v), int(e)) for r in range(2) for b in got[r] for i, v, e in zip(b["index"], b["valid"], b["err"])
+    ]
     assert sorted(i for i, v, _ in rows if v) == list(range(7))  # every video once, none dropped
     assert [(v, e) for i, v, e in rows if i == -1] == [(False, 98)]  # exactly one padding row
     b = got[0][0]
     assert tuple(b["v_p"].shape[1:]) == (2, 3, 4, 32, 32) and tuple(b["v_a"].shape[1:]) == (2, 3, 8, 32, 32)
     # data.val_decode=worker (each rank decodes items[rank::world] itself) gives the same clips, so the same
     # numbers: compare every video's views, matched by label order within the same video positions
-    streamed = {int(i): (vp, va) for r in range(2) for b in got[r]
-                for i, vp, va in zip(b["index"], b["v_p"], b["v_a"]) if int(i) >= 0}
-    in_worker = [(vp, va) for rank in range(2)
-                 for b in iter_val_batches(cfg, items, 4, True, rank=rank, world=2, batch_size=2, threads=2)
-                 for vp, va in zip(b["v_p"], b["v_a"])]
+    streamed = {
+        int(i): (vp, va)
+        for r in range(2)
+        for b in got[r]
+        for i, vp, va in zip(b["index"], b["v_p"], b["v_a"])
+        if int(i) >= 0
+    }
+    in_worker = [
+        (vp, va)
+        for rank in range(2)
+        for b in iter_val_batches(cfg, items, 4, True, rank=rank, world=2, batch_size=2, threads=2)
+        for vp, va in zip(b["v_p"], b["v_a"])
+    ]
     order = [i for rank in range(2) for i in range(7)[rank::2]]
     for i, (vp, va) in zip(order, in_worker, strict=True):
         assert torch.equal(vp, streamed[i][0]) and torch.equal(va, streamed[i][1]), f"video {i} differs"
@@ -199,4 +234,9 @@ def test_val_decode_auto_picks_the_worker_for_short_lists():
     assert val_decode_mode(cfg, 2 * VAL_IN_WORKER_MAX, 2) == "worker"  # per worker, not in all
     assert val_decode_mode(cfg, 2 * VAL_IN_WORKER_MAX + 1, 2) == "ray_data"  # UCF-101's 3783 on 8 GPUs: the pool
     for mode in ("worker", "ray_data"):
-        assert val_decode_mode(load_config("demo", overrides=[f"data.val_decode={mode}"]), 10**6 if mode == "worker" else 1, 1) == mode
+        assert (
+            val_decode_mode(
+                load_config("demo", overrides=[f"data.val_decode={mode}"]), 10**6 if mode == "worker" else 1, 1
+            )
+            == mode
+        )

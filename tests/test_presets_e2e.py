@@ -17,8 +17,11 @@ from cmpl_ray.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-PRESETS = sorted(f[:-5] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "cmpl_ray", "presets"))
-                 if f.endswith(".yaml"))
+PRESETS = sorted(
+    f[:-5]
+    for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "cmpl_ray", "presets"))
+    if f.endswith(".yaml")
+)
 EPOCHS = 3
 
 
@@ -27,21 +30,43 @@ def toy_overrides(preset, synth_root, splits, out):
     cfg = load_config(preset)
     workers = 2 if cfg.train.num_workers > 1 else 1
     shrink = {
-        "data.root": synth_root, "data.labeled_list": f"{splits}/labeled.txt",
-        "data.unlabeled_list": f"{splits}/unlabeled.txt", "data.val_list": f"{synth_root}/val.txt",
+        "data.root": synth_root,
+        "data.labeled_list": f"{splits}/labeled.txt",
+        "data.unlabeled_list": f"{splits}/unlabeled.txt",
+        "data.val_list": f"{synth_root}/val.txt",
         "data.classes_file": f"{synth_root}/classes.txt",
-        "data.raw_clip_len": 16, "data.primary_stride": 4, "data.aux_stride": 2, "data.time_offset": 1.0,
-        "data.crop_size": 32, "data.train_short_side": "[32,40]", "data.test_short_side": 32, "data.max_crop": 32,
-        "data.eval_clips": min(2, cfg.data.eval_clips), "data.eval_crops": 1, "data.decode_actors": 1,
-        "data.cpus_per_decoder": 0.25, "data.decode_batch": 2,
-        "model.primary_width": min(cfg.model.primary_width, 0.25), "model.aux_width": min(cfg.model.aux_width, 0.125),
-        "train.epochs": EPOCHS, "train.steps_per_epoch": 2, "train.passes": 0, "train.min_steps": 0,
-        "train.batch_labeled": 2, "train.use_gpu": "false", "train.num_workers": workers,
-        "train.cpus_per_worker": 0.5 if workers > 1 else 1, "train.log_every": 1,
+        "data.raw_clip_len": 16,
+        "data.primary_stride": 4,
+        "data.aux_stride": 2,
+        "data.time_offset": 1.0,
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.max_crop": 32,
+        "data.eval_clips": min(2, cfg.data.eval_clips),
+        "data.eval_crops": 1,
+        "data.decode_actors": 1,
+        "data.cpus_per_decoder": 0.25,
+        "data.decode_batch": 2,
+        "model.primary_width": min(cfg.model.primary_width, 0.25),
+        "model.aux_width": min(cfg.model.aux_width, 0.125),
+        "train.epochs": EPOCHS,
+        "train.steps_per_epoch": 2,
+        "train.passes": 0,
+        "train.min_steps": 0,
+        "train.batch_labeled": 2,
+        "train.use_gpu": "false",
+        "train.num_workers": workers,
+        "train.cpus_per_worker": 0.5 if workers > 1 else 1,
+        "train.log_every": 1,
         "train.eval_every": 2 if cfg.train.eval_every > 1 else 1,
-        "optim.warmup_epochs": min(cfg.optim.warmup_epochs, 0.5), "algo.unsup_warmup_epochs": 0,
-        "run.output_dir": f"{out}/out", "run.storage_path": f"{out}/ray_results", "run.name": preset,
-        "run.max_failures": 0, "tracking.uri": f"sqlite:///{out}/mlflow.db",
+        "optim.warmup_epochs": min(cfg.optim.warmup_epochs, 0.5),
+        "algo.unsup_warmup_epochs": 0,
+        "run.output_dir": f"{out}/out",
+        "run.storage_path": f"{out}/ray_results",
+        "run.name": preset,
+        "run.max_failures": 0,
+        "tracking.uri": f"sqlite:///{out}/mlflow.db",
     }
     return cfg, shrink
 

@@ -6,8 +6,8 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
-from cmpl_ray.train.relay import RelayClient, start_relay
 from cmpl_ray.train.mlflow_run import start_run
+from cmpl_ray.train.relay import RelayClient, start_relay
 from cmpl_ray.train.tracking import Tracker
 
 
@@ -37,8 +37,9 @@ def test_tracker_through_relay_logs_metrics_artifacts_and_steps(local_ray, tmp_p
         t.close()
         return ok, client.max_steps(run_id)["global_step"]
 
-    ok, last = ray.get(rank0.remote(client, run_id, str(tmp_path / "buf.jsonl"),
-                                    [str(tmp_path / "m.json"), str(tmp_path / "d")]))
+    ok, last = ray.get(
+        rank0.remote(client, run_id, str(tmp_path / "buf.jsonl"), [str(tmp_path / "m.json"), str(tmp_path / "d")])
+    )
     assert ok and last == 4
     c = MlflowClient(uri)
     assert [m.step for m in c.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
@@ -50,8 +51,13 @@ def test_tracker_through_relay_logs_metrics_artifacts_and_steps(local_ray, tmp_p
 
 def test_relay_to_dead_store_is_buffered_not_lost(local_ray, tmp_path):
     handle = start_relay("http://127.0.0.1:9")  # nothing listens on port 9
-    t = Tracker("http://127.0.0.1:9", "fake-run", str(tmp_path / "buf.jsonl"), flush_every=1,
-                client=RelayClient(handle, timeout_s=60))
+    t = Tracker(
+        "http://127.0.0.1:9",
+        "fake-run",
+        str(tmp_path / "buf.jsonl"),
+        flush_every=1,
+        client=RelayClient(handle, timeout_s=60),
+    )
     with pytest.warns(UserWarning, match="unreachable"):
         t.log_metrics({"loss": 0.5}, 1)
     lines = (tmp_path / "buf.jsonl").read_text().splitlines()

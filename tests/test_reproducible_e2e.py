@@ -12,13 +12,12 @@ import threading
 
 import pytest
 from mlflow import MlflowClient
+from test_train_e2e import _kill_a_worker_after_first_checkpoint
 
 from cmpl_ray.config import load_config
 from cmpl_ray.data.lists import read_list, split_labeled, write_list
 from cmpl_ray.train.checkpoint import load_checkpoint
 from cmpl_ray.train.launch import run_training
-
-from test_train_e2e import _kill_a_worker_after_first_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +28,35 @@ def _cfg(synth_root, tmp, name, **over):
         write_list(str(tmp / "lab.txt"), lab)
         write_list(str(tmp / "unl.txt"), unl)
     sets = {
-        "data.root": synth_root, "data.labeled_list": tmp / "lab.txt", "data.unlabeled_list": tmp / "unl.txt",
-        "data.val_list": f"{synth_root}/val.txt", "data.classes_file": f"{synth_root}/classes.txt",
-        "data.crop_size": 32, "data.train_short_side": "[32, 40]", "data.test_short_side": 32,
-        "data.raw_clip_len": 16, "data.eval_clips": 2, "data.eval_crops": 1, "data.decode_batch": 2,
-        "data.decode_actors": 2, "data.cpus_per_decoder": 0.5, "algo.name": "fixmatch", "algo.threshold": 0.3,
-        "algo.unlabeled_ratio": 2, "algo.unsup_warmup_epochs": 0, "optim.warmup_epochs": 0,
-        "train.batch_labeled": 2, "train.num_workers": 1, "train.cpus_per_worker": 1, "train.epochs": 4,
-        "train.steps_per_epoch": 2, "train.eval_every": 2, "train.log_every": 1,
-        "run.output_dir": f"{tmp}/{name}/out", "run.storage_path": f"{tmp}/ray_results", "run.name": name,
+        "data.root": synth_root,
+        "data.labeled_list": tmp / "lab.txt",
+        "data.unlabeled_list": tmp / "unl.txt",
+        "data.val_list": f"{synth_root}/val.txt",
+        "data.classes_file": f"{synth_root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32, 40]",
+        "data.test_short_side": 32,
+        "data.raw_clip_len": 16,
+        "data.eval_clips": 2,
+        "data.eval_crops": 1,
+        "data.decode_batch": 2,
+        "data.decode_actors": 2,
+        "data.cpus_per_decoder": 0.5,
+        "algo.name": "fixmatch",
+        "algo.threshold": 0.3,
+        "algo.unlabeled_ratio": 2,
+        "algo.unsup_warmup_epochs": 0,
+        "optim.warmup_epochs": 0,
+        "train.batch_labeled": 2,
+        "train.num_workers": 1,
+        "train.cpus_per_worker": 1,
+        "train.epochs": 4,
+        "train.steps_per_epoch": 2,
+        "train.eval_every": 2,
+        "train.log_every": 1,
+        "run.output_dir": f"{tmp}/{name}/out",
+        "run.storage_path": f"{tmp}/ray_results",
+        "run.name": name,
         "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
     }
     sets.update(over)
@@ -47,8 +66,10 @@ def _cfg(synth_root, tmp, name, **over):
 def _trained(m):
     """What the run learned, per epoch: every loss and statistic, every validation metric (no timings)."""
     skip = ("train_clips_per_s", "epoch_seconds")
-    return [{k: v for k, v in h.items() if k.startswith(("train_", "val_", "aux_val_")) and k not in skip}
-            for h in m["history"]]
+    return [
+        {k: v for k, v in h.items() if k.startswith(("train_", "val_", "aux_val_")) and k not in skip}
+        for h in m["history"]
+    ]
 
 
 def _metrics_json(tmp, name):
@@ -77,8 +98,10 @@ def test_same_seed_gives_the_same_losses_and_val_metrics(synth_root, reference):
     assert len(a) == 4 and {"train_loss", "train_mask_rate_f", "val_top1", "val_mean_class_acc"} <= set(a[-1])
     _assert_same(a, _trained(twin), 1e-6)
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    hist = [[x.value for x in sorted(client.get_metric_history(m["mlflow_run_id"], "train/loss"),
-                                     key=lambda x: x.step)] for m in (ref, twin)]
+    hist = [
+        [x.value for x in sorted(client.get_metric_history(m["mlflow_run_id"], "train/loss"), key=lambda x: x.step)]
+        for m in (ref, twin)
+    ]
     assert len(hist[0]) == 8 and hist[0] == pytest.approx(hist[1], abs=1e-6)  # every step, not only epoch means
 
 
@@ -93,8 +116,9 @@ def test_killed_after_epoch_1_and_resumed_ends_like_the_uninterrupted_run(synth_
     tmp, _ = reference
     cfg = _cfg(synth_root, tmp, "killed")
     stop, result = threading.Event(), {}
-    t = threading.Thread(target=lambda: result.update(
-        killed=_kill_a_worker_after_first_checkpoint(f"{tmp}/ray_results/killed", stop)))
+    t = threading.Thread(
+        target=lambda: result.update(killed=_kill_a_worker_after_first_checkpoint(f"{tmp}/ray_results/killed", stop))
+    )
     t.start()
     try:
         done = run_training(cfg, verbose=False)

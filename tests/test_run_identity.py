@@ -29,10 +29,26 @@ def _ident(**over):
 def test_identity_ignores_paths_and_tracking_but_not_what_is_trained():
     base = _ident()
     assert ident_mod.fingerprint(base) == ident_mod.fingerprint(
-        _ident(**{"run.output_dir": "elsewhere", "run.name": "x", "tracking.experiment": "e", "train.log_every": 3,
-                  "train.cpus_per_worker": 3, "data.decode_actors": 5, "run.resume": "/somewhere"}))
-    for key, value in [("algo.name", "fixmatch"), ("train.epochs", 9), ("optim.lr", 0.05), ("data.crop_size", 48),
-                       ("data.decode_batch", 7), ("train.num_workers", 2)]:
+        _ident(
+            **{
+                "run.output_dir": "elsewhere",
+                "run.name": "x",
+                "tracking.experiment": "e",
+                "train.log_every": 3,
+                "train.cpus_per_worker": 3,
+                "data.decode_actors": 5,
+                "run.resume": "/somewhere",
+            }
+        )
+    )
+    for key, value in [
+        ("algo.name", "fixmatch"),
+        ("train.epochs", 9),
+        ("optim.lr", 0.05),
+        ("data.crop_size", 48),
+        ("data.decode_batch", 7),
+        ("train.num_workers", 2),
+    ]:
         other = _ident(**{key: value})
         assert ident_mod.fingerprint(other) != ident_mod.fingerprint(base), key
         assert [d for d in ident_mod.diff(base, other) if d.startswith(key + ":")], key
@@ -80,12 +96,28 @@ def local_ray():
 
 
 def _args(root, tmp, algo, out, *extra, **over):
-    sets = {"data.root": root, "data.labeled_list": f"{tmp}/lab.txt", "data.unlabeled_list": f"{tmp}/unl.txt",
-            "data.val_list": f"{root}/val.txt", "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32,
-            "data.train_short_side": "[32,40]", "data.test_short_side": 32, "data.eval_clips": 1,
-            "train.batch_labeled": 2, "algo.unlabeled_ratio": 2, "train.epochs": 1, "train.steps_per_epoch": 2,
-            "train.eval_every": 1, "optim.warmup_epochs": 0, "algo.name": algo, "run.output_dir": f"{tmp}/{out}",
-            "run.storage_path": f"{tmp}/ray_results", "run.name": "demo", "tracking.uri": f"sqlite:///{tmp}/mlflow.db"}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": f"{tmp}/lab.txt",
+        "data.unlabeled_list": f"{tmp}/unl.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "algo.unlabeled_ratio": 2,
+        "train.epochs": 1,
+        "train.steps_per_epoch": 2,
+        "train.eval_every": 1,
+        "optim.warmup_epochs": 0,
+        "algo.name": algo,
+        "run.output_dir": f"{tmp}/{out}",
+        "run.storage_path": f"{tmp}/ray_results",
+        "run.name": "demo",
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+    }
     sets.update(over)
     return ["train", "--preset", "demo", *extra] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
@@ -100,8 +132,9 @@ def test_changed_algorithm_is_refused_fresh_trains_identical_rerun_reports(synth
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
     def runs():
-        return client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  "tags.`cmpl.run_name` = 'demo'")
+        return client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`cmpl.run_name` = 'demo'"
+        )
 
     assert main(_args(synth_root, tmp_path, "supervised", "sup")) == 0
     sup = json.loads((tmp_path / "sup" / "metrics.json").read_text())
@@ -130,7 +163,10 @@ def test_changed_algorithm_is_refused_fresh_trains_identical_rerun_reports(synth
     by_algo = {r.data.params["algo.name"]: r for r in runs()}
     assert sorted(by_algo) == ["cmpl", "fixmatch", "supervised"]  # one MLflow run each, none shared
     assert {a: r.data.tags["cmpl.fingerprint"] for a, r in by_algo.items()} == {
-        "supervised": sup["fingerprint"], "fixmatch": fm["fingerprint"], "cmpl": cm["fingerprint"]}
+        "supervised": sup["fingerprint"],
+        "fixmatch": fm["fingerprint"],
+        "cmpl": cm["fingerprint"],
+    }
     assert by_algo["cmpl"].info.run_id == cm["mlflow_run_id"]
     capsys.readouterr()
 
@@ -161,8 +197,13 @@ def test_run_training_reports_a_completed_run_and_refuses_a_changed_one(synth_ro
     write_list(str(tmp_path / "unl.txt"), unl)
 
     def cfg(tau):
-        args = _args(synth_root, tmp_path, "fixmatch", "trial", **{"run.name": "sw-t0", "algo.threshold": tau,
-                                                                  "tracking.enabled": "false"})
+        args = _args(
+            synth_root,
+            tmp_path,
+            "fixmatch",
+            "trial",
+            **{"run.name": "sw-t0", "algo.threshold": tau, "tracking.enabled": "false"},
+        )
         return load_config("demo", overrides=[a for a in args[3:] if a != "--set"])
 
     first = run_training(cfg(0.5), verbose=False)

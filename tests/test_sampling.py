@@ -60,8 +60,7 @@ def test_train_offset_is_clamped_into_the_video():
 
 def test_train_offset_spread_uses_both_signs():
     rng = np.random.default_rng(4)
-    d = [int(a[0]) - int(p[0]) for p, a in (sample_train_indices(10_000, 10.0, 64, 8, 4, 1.0, rng)
-                                            for _ in range(300))]
+    d = [int(a[0]) - int(p[0]) for p, a in (sample_train_indices(10_000, 10.0, 64, 8, 4, 1.0, rng) for _ in range(300))]
     assert min(d) < 0 < max(d) and max(abs(x) for x in d) <= 10
 
 

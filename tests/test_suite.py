@@ -98,9 +98,7 @@ def test_forced_flip_is_an_exact_mirror():
 
 def _decoder(root: str, **data) -> ClipDecoder:
     from cmpl_ray.data.lists import read_list
-    from cmpl_ray.data.pipeline import _pairs
-
-    from cmpl_ray.data.pipeline import resolve_data
+    from cmpl_ray.data.pipeline import _pairs, resolve_data
 
     cfg = load_config("demo", overrides=[f"data.root={root}"] + [f"data.{k}={v}" for k, v in data.items()])
     items = read_list(os.path.join(root, "train.txt"))
@@ -108,8 +106,15 @@ def _decoder(root: str, **data) -> ClipDecoder:
     names = [ln.strip() for ln in open(os.path.join(root, "classes.txt"))]
     import dataclasses
 
-    return ClipDecoder("train", dataclasses.asdict(cfg.data), len(names), False, seed=4,
-                       labeled=_pairs(items, root), flip_map=resolve_flip_map(cfg.data.flip_label_map, names))
+    return ClipDecoder(
+        "train",
+        dataclasses.asdict(cfg.data),
+        len(names),
+        False,
+        seed=4,
+        labeled=_pairs(items, root),
+        flip_map=resolve_flip_map(cfg.data.flip_label_map, names),
+    )
 
 
 def test_flipped_labeled_clips_get_the_mapped_label(tmp_path):

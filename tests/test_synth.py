@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 
 from cmpl_ray.data.lists import read_classes, read_list
-from cmpl_ray.data.synth import (DECORD_BAD_WIDTHS, SYNTH_CLASSES, class_families, make_synthetic_dataset,
-                                 render_clip, video_codec, write_video)
+from cmpl_ray.data.synth import (
+    DECORD_BAD_WIDTHS,
+    SYNTH_CLASSES,
+    class_families,
+    make_synthetic_dataset,
+    render_clip,
+    video_codec,
+    write_video,
+)
 
 
 def _decode(path):
@@ -78,8 +85,9 @@ def test_deterministic_for_seed(tmp_path):
     assert np.array_equal(f1, f2) and np.array_equal(m1, m2)
 
 
-@pytest.mark.parametrize("name,sign", [("move_right", (1, 0)), ("move_left", (-1, 0)),
-                                       ("move_down", (0, 1)), ("move_up", (0, -1))])
+@pytest.mark.parametrize(
+    "name,sign", [("move_right", (1, 0)), ("move_left", (-1, 0)), ("move_down", (0, 1)), ("move_up", (0, -1))]
+)
 def test_translation_moves_in_decoded_video(tmp_path, write_mp4, name, sign):
     """End to end: the object's centroid in the DECODED mp4 shifts the right way."""
     size, n = 64, 48
@@ -144,7 +152,7 @@ def test_appearance_classes_differ_only_in_appearance():
     assert 0.4 < fill["triangle"] < 0.65 and 0.4 < fill["diamond"] < 0.65 and 0.4 < fill["cross"] < 0.7
     stripes = _centred_first_mask("stripes", 11)[0] > 0.5
     ys, xs = np.nonzero(stripes)
-    box = stripes[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = stripes[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     assert box.mean(1).std() > 0.3 and box.mean(0).std() < 0.15  # horizontal stripes
 
 
@@ -173,8 +181,12 @@ def test_write_video_validation_and_roundtrip(tmp_path, write_mp4):
     got, fps = _decode(str(tmp_path / "deep" / "x.mp4"))
     assert got.shape == frames.shape and fps == pytest.approx(10)
     assert np.abs(got.astype(int) - frames).mean() < 4
-    for bad in (frames.astype(np.float32), frames[..., :2], np.zeros((2, 31, 40, 3), np.uint8),
-                np.zeros((2, 32, min(DECORD_BAD_WIDTHS), 3), np.uint8)):
+    for bad in (
+        frames.astype(np.float32),
+        frames[..., :2],
+        np.zeros((2, 31, 40, 3), np.uint8),
+        np.zeros((2, 32, min(DECORD_BAD_WIDTHS), 3), np.uint8),
+    ):
         with pytest.raises(ValueError):
             write_video(str(tmp_path / "bad.mp4"), bad, 10)
 
@@ -182,9 +194,11 @@ def test_write_video_validation_and_roundtrip(tmp_path, write_mp4):
 def test_object_size_sets_the_shape_scale(tmp_path):
     """Few-label comparisons use larger objects (compare_algorithms.py --object-size): the rendered area grows
     with the range, the default stays the demo's, and an impossible range is refused."""
+
     def area(size):
-        return np.mean([render_clip("square", np.random.default_rng([0, 1, i]), 4, 64, size)[1][0].sum()
-                        for i in range(8)])
+        return np.mean(
+            [render_clip("square", np.random.default_rng([0, 1, i]), 4, 64, size)[1][0].sum() for i in range(8)]
+        )
 
     small, large = area((0.11, 0.16)), area((0.20, 0.26))
     assert 2.0 < large / small < 4.5  # half-size about 1.7x -> area about 3x
@@ -192,6 +206,7 @@ def test_object_size_sets_the_shape_scale(tmp_path):
     assert np.array_equal(default, render_clip("square", np.random.default_rng([0, 1, 0]), 4, 64, (0.11, 0.16))[1])
     with pytest.raises(ValueError, match="object_size"):
         make_synthetic_dataset(str(tmp_path / "bad"), num_classes=2, per_class=1, object_size=(0.3, 0.2))
-    s = make_synthetic_dataset(str(tmp_path / "big"), num_classes=2, per_class=1, val_per_class=0,
-                               object_size=(0.2, 0.26))
+    s = make_synthetic_dataset(
+        str(tmp_path / "big"), num_classes=2, per_class=1, val_per_class=0, object_size=(0.2, 0.26)
+    )
     assert s["object_size"] == [0.2, 0.26] and s["train"] == 2

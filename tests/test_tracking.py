@@ -17,8 +17,14 @@ import pytest
 
 from cmpl_ray.train import plots, tracking
 from cmpl_ray.train.mlflow_run import find_run, start_run
-from cmpl_ray.train.tracking import (Tracker, TrackingWarning, replay_buffer, resolve_tracking_uri, ui_command,
-                                     write_metrics_json)
+from cmpl_ray.train.tracking import (
+    Tracker,
+    TrackingWarning,
+    replay_buffer,
+    resolve_tracking_uri,
+    ui_command,
+    write_metrics_json,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +146,7 @@ def test_dead_http_store_warns_once_buffers_and_replays(store, tmp_path, dead_ht
     lines = [json.loads(x) for x in buf.read_text().splitlines()]
     assert len(lines) == 50
     assert set(lines[0]) == {"key", "value", "step", "timestamp"}
-    assert sorted((r["key"], r["step"]) for r in lines) == sorted(
-        (k, s) for k in ("loss", "acc") for s in range(25))
+    assert sorted((r["key"], r["step"]) for r in lines) == sorted((k, s) for k in ("loss", "acc") for s in range(25))
 
     # Later: the store is reachable again -> replay into a real run.
     rid = start_run(uri, "exp-replay", "r", {})
@@ -194,8 +199,10 @@ def _png(path):
 
 
 def test_plots_write_png(tmp_path):
-    hist = [{"epoch": e, "pl_correct_ratio_f": 0.1 * e, "pl_correct_ratio_a": 0.08 * e,
-             "mask_rate_f": 0.15 * e} for e in range(6)]
+    hist = [
+        {"epoch": e, "pl_correct_ratio_f": 0.1 * e, "pl_correct_ratio_a": 0.08 * e, "mask_rate_f": 0.15 * e}
+        for e in range(6)
+    ]
     hist.append({"epoch": 6, "top1": 0.3})  # entry without PL keys is skipped
     assert _png(plots.plot_pseudo_label_ratio(hist, str(tmp_path / "fig2.png")))
     assert _png(plots.plot_pseudo_label_ratio([], str(tmp_path / "empty.png")))
@@ -238,8 +245,7 @@ def _epoch(tr, epoch, steps_per_epoch=4, offset=0.0, evaluate=True):
     for s in range(first, first + steps_per_epoch):
         tr.log_metrics({"train/loss": offset + s}, s)
     last = first + steps_per_epoch - 1
-    tr.log_metrics({"global_step": last, "epoch": epoch + 1, **({"val_top1": offset + last} if evaluate else {})},
-                   last)
+    tr.log_metrics({"global_step": last, "epoch": epoch + 1, **({"val_top1": offset + last} if evaluate else {})}, last)
     tr.flush()
 
 
@@ -357,8 +363,11 @@ def test_replay_buffer_skips_steps_the_run_already_has(store, tmp_path):
     _epoch(tr, 0)
     tr.close()
     buf = tmp_path / "buf.jsonl"
-    buf.write_text("".join(json.dumps({"key": "train/loss", "value": 50.0 + s, "step": s, "timestamp": 1}) + "\n"
-                           for s in range(3, 7)))
+    buf.write_text(
+        "".join(
+            json.dumps({"key": "train/loss", "value": 50.0 + s, "step": s, "timestamp": 1}) + "\n" for s in range(3, 7)
+        )
+    )
     assert replay_buffer(uri, rid, str(buf)) == 2
     assert _steps(client, rid, "train/loss") == [1, 2, 3, 4, 5, 6]
     assert not buf.exists()

@@ -26,15 +26,36 @@ pytestmark = pytest.mark.slow
 
 def make_cfg(synth_root, splits, out, **over):
     sets = {
-        "data.root": synth_root, "data.labeled_list": f"{splits}/labeled.txt",
-        "data.unlabeled_list": f"{splits}/unlabeled.txt", "data.val_list": f"{synth_root}/val.txt",
-        "data.classes_file": f"{synth_root}/classes.txt", "data.crop_size": 32, "data.train_short_side": "[32, 40]",
-        "data.test_short_side": 32, "data.raw_clip_len": 16, "data.eval_clips": 2, "data.eval_crops": 1,
-        "data.decode_batch": 2, "data.cpus_per_decoder": 0.25, "train.batch_labeled": 2, "algo.unlabeled_ratio": 2,
-        "train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.epochs": 2, "train.log_every": 1, "train.eval_every": 1,
-        "run.output_dir": f"{out}/out", "run.storage_path": f"{out}/ray_results", "run.name": "e2e",
-        "tracking.uri": f"sqlite:///{out}/mlflow.db", "algo.threshold": 0.3, "train.steps_per_epoch": 0, "train.passes": 0, "train.min_steps": 0,
-        "algo.unsup_warmup_epochs": 0, "optim.warmup_epochs": 0,
+        "data.root": synth_root,
+        "data.labeled_list": f"{splits}/labeled.txt",
+        "data.unlabeled_list": f"{splits}/unlabeled.txt",
+        "data.val_list": f"{synth_root}/val.txt",
+        "data.classes_file": f"{synth_root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32, 40]",
+        "data.test_short_side": 32,
+        "data.raw_clip_len": 16,
+        "data.eval_clips": 2,
+        "data.eval_crops": 1,
+        "data.decode_batch": 2,
+        "data.cpus_per_decoder": 0.25,
+        "train.batch_labeled": 2,
+        "algo.unlabeled_ratio": 2,
+        "train.num_workers": 2,
+        "train.cpus_per_worker": 0.5,
+        "train.epochs": 2,
+        "train.log_every": 1,
+        "train.eval_every": 1,
+        "run.output_dir": f"{out}/out",
+        "run.storage_path": f"{out}/ray_results",
+        "run.name": "e2e",
+        "tracking.uri": f"sqlite:///{out}/mlflow.db",
+        "algo.threshold": 0.3,
+        "train.steps_per_epoch": 0,
+        "train.passes": 0,
+        "train.min_steps": 0,
+        "algo.unsup_warmup_epochs": 0,
+        "optim.warmup_epochs": 0,
     }
     sets.update(over)
     return load_config("demo", overrides=[f"{k}={v}" for k, v in sets.items()])
@@ -51,8 +72,15 @@ def trained(synth_root, splits, tmp_path_factory, local_ray):
 def test_two_worker_run_writes_metrics_and_mlflow(trained):
     cfg, metrics, out = trained
     on_disk = json.loads(open(f"{out}/out/metrics.json").read())
-    for key in ("val_top1", "val_top5", "val_mean_class_acc", "aux_val_top1", "epochs", "skipped_samples",
-                "mlflow_run_id"):
+    for key in (
+        "val_top1",
+        "val_top5",
+        "val_mean_class_acc",
+        "aux_val_top1",
+        "epochs",
+        "skipped_samples",
+        "mlflow_run_id",
+    ):
         assert key in on_disk, key
     assert on_disk["epochs"] == 2 and on_disk["world_size"] == 2 and on_disk["skipped_samples"] == 0
     assert on_disk["restarts"] == 0
@@ -62,13 +90,27 @@ def test_two_worker_run_writes_metrics_and_mlflow(trained):
     run = client.get_run(on_disk["mlflow_run_id"])
     assert run.data.params["algo.name"] == "cmpl" and run.data.params["train.num_workers"] == "2"
     assert run.data.params["derived.val_decode"] == "worker"  # auto: 8 val videos, each rank decodes its 4
-    for key in ("val_top1", "aux_val_top1", "train/loss_u_f", "train/mask_rate_a", "train/pl_correct_ratio_f",
-                "train/lr", "train/clips_per_s", "skipped_samples"):
+    for key in (
+        "val_top1",
+        "aux_val_top1",
+        "train/loss_u_f",
+        "train/mask_rate_a",
+        "train/pl_correct_ratio_f",
+        "train/lr",
+        "train/clips_per_s",
+        "skipped_samples",
+    ):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(run.info.run_id, "val_top1")) == 2
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "config.yaml", "per_class.csv", "pseudo_label_ratio.png", "class_gap.png",
-            "best_checkpoint"} <= arts
+    assert {
+        "metrics.json",
+        "config.yaml",
+        "per_class.csv",
+        "pseudo_label_ratio.png",
+        "class_gap.png",
+        "best_checkpoint",
+    } <= arts
     assert os.path.exists(on_disk["best_checkpoint"])
     # issue 15: the last epoch's pseudo-labels per class and network, summed over both ranks
     pl = on_disk["pseudo_labels_per_class"]
@@ -133,11 +175,16 @@ def _kill_a_worker_after_first_checkpoint(storage, stop):
 
 def test_worker_killed_mid_run_resumes(synth_root, splits, tmp_path, local_ray):
     # the Ray Data evaluation path (data.val_decode=ray_data) through a restart; the other tests use the default
-    cfg = make_cfg(synth_root, splits, tmp_path, **{"train.epochs": 2, "run.name": "killed", "data.val_decode": "ray_data"})
+    cfg = make_cfg(
+        synth_root, splits, tmp_path, **{"train.epochs": 2, "run.name": "killed", "data.val_decode": "ray_data"}
+    )
     stop = threading.Event()
     result = {}
-    t = threading.Thread(target=lambda: result.update(
-        killed=_kill_a_worker_after_first_checkpoint(f"{tmp_path}/ray_results/killed", stop)))
+    t = threading.Thread(
+        target=lambda: result.update(
+            killed=_kill_a_worker_after_first_checkpoint(f"{tmp_path}/ray_results/killed", stop)
+        )
+    )
     t.start()
     try:
         metrics = run_training(cfg)
@@ -160,8 +207,17 @@ def test_tracking_server_down_training_goes_on(synth_root, splits, tmp_path, loc
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    cfg = make_cfg(synth_root, splits, tmp_path, **{"tracking.uri": f"http://127.0.0.1:{port}", "train.epochs": 1,
-                                                     "run.name": "nomlflow", "train.num_workers": 1})
+    cfg = make_cfg(
+        synth_root,
+        splits,
+        tmp_path,
+        **{
+            "tracking.uri": f"http://127.0.0.1:{port}",
+            "train.epochs": 1,
+            "run.name": "nomlflow",
+            "train.num_workers": 1,
+        },
+    )
     metrics = run_training(cfg)
     assert metrics["epochs"] == 1 and metrics["mlflow_run_id"] is None and metrics["restarts"] == 0
     lines = open(f"{tmp_path}/out/mlflow_buffer.jsonl").read().splitlines()

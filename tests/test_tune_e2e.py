@@ -40,18 +40,28 @@ space:
 
 
 def _sets(root, split_dir, tmp):
-    sets = {"data.root": root, "data.labeled_list": f"{split_dir}/labeled.txt",
-            "data.unlabeled_list": f"{split_dir}/unlabeled.txt", "data.val_list": f"{root}/val.txt",
-            "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32, "data.train_short_side": "[32,40]",
-            "data.test_short_side": 32, "data.eval_clips": 1, "train.batch_labeled": 2,
-            "tracking.uri": f"sqlite:///{tmp}/mlflow.db", "optim.warmup_epochs": 0}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": f"{split_dir}/labeled.txt",
+        "data.unlabeled_list": f"{split_dir}/unlabeled.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+        "optim.warmup_epochs": 0,
+    }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
 def _run(args, cwd, log):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cmpl_ray", *args], cwd=cwd, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cmpl_ray", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
@@ -95,8 +105,10 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
 
     # 3) MLflow: one parent, one child per trial (no duplicate after the resume), tags for status and best
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                 "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'lr'")
+    parents = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'lr'",
+    )
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["sweep.axes"] == "optim.lr" and parent.data.params["sweep.scheduler.name"] == "asha"
@@ -120,8 +132,12 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
             assert int(k.data.tags["cmpl.tune.epochs"]) in (1, 2, 4) and n_ep < 6
 
     # 4) the report reads it all back from MLflow
-    rep = subprocess.run([sys.executable, "-m", "cmpl_ray", "report", "lr", "--tracking-uri",
-                          f"sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True, cwd=tmp_path)
+    rep = subprocess.run(
+        [sys.executable, "-m", "cmpl_ray", "report", "lr", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert rep.returncode == 0, rep.stderr
     rows = [ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]
     assert len(rows) == 3 and rows[0].startswith("| 0.05 ") and "(best)" in rows[0]
@@ -179,7 +195,7 @@ def test_trial_reentered_after_a_space_change_errors_instead_of_resuming(synth_r
     assert record["status"] == "running", "the trial finished before Ctrl-C: Tune will not re-enter it"
     ckpts = sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
     assert ckpts
-    tid = os.path.basename(run_dir)[len("sw-"):]
+    tid = os.path.basename(run_dir)[len("sw-") :]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     kids = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`cmpl.trial_id` = '{tid}'")
     assert len(kids) == 1
@@ -233,10 +249,27 @@ def test_sweep_on_another_metric_with_eval_every_2(synth_root, splits, tmp_path)
     space = tmp_path / "every2.yaml"
     space.write_text(SPACE_EVERY2)
     storage = tmp_path / "tune"
-    r = subprocess.run([sys.executable, "-m", "cmpl_ray", "tune", str(space), "--name", "e2", "--storage",
-                        str(storage), "--num-cpus", "2", *_sets(synth_root, splits, tmp_path)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmpl_ray",
+            "tune",
+            str(space),
+            "--name",
+            "e2",
+            "--storage",
+            str(storage),
+            "--num-cpus",
+            "2",
+            *_sets(synth_root, splits, tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "2 trials" in out and ", 0 errors" in out, out[-3000:]
@@ -247,6 +280,8 @@ def test_sweep_on_another_metric_with_eval_every_2(synth_root, splits, tmp_path)
         assert m["restarts"] == 0
         assert [h["epoch"] for h in m["history"] if h["evaluated"]] == [2.0, 4.0][: len(m["history"]) // 2]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'e2'")[0]
+    parent = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`cmpl.role` = 'sweep' and tags.`cmpl.sweep` = 'e2'",
+    )[0]
     assert "best_val_mean_class_acc" in parent.data.metrics

@@ -14,9 +14,19 @@ SPACES = sorted(glob.glob(os.path.join(ROOT, "search_spaces", "*.yaml")))
 
 def test_every_paper_study_has_a_space():
     names = {os.path.basename(p)[:-5] for p in SPACES}
-    for want in ("table2_components", "table3_aux_arch", "table4_frame_rates", "table5_time_offset",
-                 "table6_aux_losses", "tableA2_schemes", "fig4a_threshold", "fig4b_unlabeled_ratio", "fig4c_lambda",
-                 "new_dataset", "demo_laptop"):
+    for want in (
+        "table2_components",
+        "table3_aux_arch",
+        "table4_frame_rates",
+        "table5_time_offset",
+        "table6_aux_losses",
+        "tableA2_schemes",
+        "fig4a_threshold",
+        "fig4b_unlabeled_ratio",
+        "fig4c_lambda",
+        "new_dataset",
+        "demo_laptop",
+    ):
         assert want in names
 
 
@@ -29,7 +39,7 @@ def test_shipped_space_loads_and_every_point_builds_a_config(path):
     for point in grid_points(spec):
         cfg = load_config(spec.preset, None, overrides_of(spec.fixed) + overrides_of(point))
         for axis, v in point.items():
-            for k, x in (v.items() if isinstance(v, dict) else [(axis, v)]):
+            for k, x in v.items() if isinstance(v, dict) else [(axis, v)]:
                 s, f = k.split(".")
                 assert getattr(getattr(cfg, s), f) == x
 
@@ -40,7 +50,9 @@ def test_table3_bundles_set_arch_and_width_together():
     assert len(pts) == 7
     assert {"model.aux_arch": "r50", "model.aux_width": 0.125} in [p["aux"] for p in pts]
     assert overrides_of({"aux": {"model.aux_arch": "r18", "model.aux_width": 1.0}}) == [
-        "model.aux_arch=r18", "model.aux_width=1.0"]
+        "model.aux_arch=r18",
+        "model.aux_width=1.0",
+    ]
 
 
 def test_preset_flag_wins_and_demo_preset_fits_laptop_space():
@@ -54,22 +66,27 @@ def _write(tmp_path, text):
     return str(p)
 
 
-@pytest.mark.parametrize("text, key", [
-    ("preset: demo\nspace:\n  algo.threshhold: {grid: [0.5]}\n", "space.algo.threshhold"),
-    ("preset: demo\nspace:\n  algo.threshold: {grid: [0.5, 1.5]}\n", "space.algo.threshold"),
-    ("preset: demo\nspace:\n  algo.threshold: {uniform: [0.9, 0.5]}\n", "space.algo.threshold.uniform"),
-    ("preset: demo\nspace:\n  algo.threshold: {normal: [0.9, 0.5]}\n", "space.algo.threshold"),
-    ("preset: demo\nspace:\n  optim.lr: {loguniform: [0, 0.5]}\n", "space.optim.lr.loguniform"),
-    ("preset: demo\nsearcher: optuna\nspace:\n  optim.lr: {grid: [0.1, 0.2]}\n", "space.optim.lr"),
-    ("preset: demo\nsearcher: bayes\nspace:\n  optim.lr: {grid: [0.1]}\n", "searcher"),
-    ("preset: demo\nscheduler: {name: asha, reduction_factor: 1}\nspace:\n  optim.lr: {grid: [0.1]}\n",
-     "scheduler.reduction_factor"),
-    ("preset: demo\nfixed: {train.epochz: 3}\nspace:\n  optim.lr: {grid: [0.1]}\n", "train.epochz"),
-    ("preset: demo\nspace: {}\n", "space"),
-    ("preset: demo\nnum_samples: 0\nspace:\n  optim.lr: {grid: [0.1]}\n", "num_samples"),
-    ("preset: demo\nspace:\n  aux: {grid: [{model.aux_arch: r99}]}\n", "space.aux"),
-    ("preset: demo\nspaces:\n  optim.lr: {grid: [0.1]}\n", "spaces"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("preset: demo\nspace:\n  algo.threshhold: {grid: [0.5]}\n", "space.algo.threshhold"),
+        ("preset: demo\nspace:\n  algo.threshold: {grid: [0.5, 1.5]}\n", "space.algo.threshold"),
+        ("preset: demo\nspace:\n  algo.threshold: {uniform: [0.9, 0.5]}\n", "space.algo.threshold.uniform"),
+        ("preset: demo\nspace:\n  algo.threshold: {normal: [0.9, 0.5]}\n", "space.algo.threshold"),
+        ("preset: demo\nspace:\n  optim.lr: {loguniform: [0, 0.5]}\n", "space.optim.lr.loguniform"),
+        ("preset: demo\nsearcher: optuna\nspace:\n  optim.lr: {grid: [0.1, 0.2]}\n", "space.optim.lr"),
+        ("preset: demo\nsearcher: bayes\nspace:\n  optim.lr: {grid: [0.1]}\n", "searcher"),
+        (
+            "preset: demo\nscheduler: {name: asha, reduction_factor: 1}\nspace:\n  optim.lr: {grid: [0.1]}\n",
+            "scheduler.reduction_factor",
+        ),
+        ("preset: demo\nfixed: {train.epochz: 3}\nspace:\n  optim.lr: {grid: [0.1]}\n", "train.epochz"),
+        ("preset: demo\nspace: {}\n", "space"),
+        ("preset: demo\nnum_samples: 0\nspace:\n  optim.lr: {grid: [0.1]}\n", "num_samples"),
+        ("preset: demo\nspace:\n  aux: {grid: [{model.aux_arch: r99}]}\n", "space.aux"),
+        ("preset: demo\nspaces:\n  optim.lr: {grid: [0.1]}\n", "spaces"),
+    ],
+)
 def test_bad_space_is_refused_with_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
         load_space(_write(tmp_path, text))

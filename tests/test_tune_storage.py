@@ -9,8 +9,16 @@ from cmpl_ray.tune.driver import _load_state, _save_state, sweep_dir
 def test_state_roundtrip_on_a_uri_and_space_text_restored(tmp_path):
     d = sweep_dir(f"file://{tmp_path}/store", "s1")
     assert d == f"file://{tmp_path}/store/s1"
-    _save_state(d, {"space_path": "/gone/job_upload/space.yaml", "space_text": "preset: demo\n",
-                    "config_path": None, "config_text": None, "name": "s1"})
+    _save_state(
+        d,
+        {
+            "space_path": "/gone/job_upload/space.yaml",
+            "space_text": "preset: demo\n",
+            "config_path": None,
+            "config_text": None,
+            "name": "s1",
+        },
+    )
     assert os.path.exists(tmp_path / "store" / "s1" / "sweep.json")
     st = _load_state(d)
     assert st["name"] == "s1" and st["space_path"] != "/gone/job_upload/space.yaml"

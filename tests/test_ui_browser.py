@@ -48,26 +48,48 @@ def _browser_or_skip():
 
 
 def _sets(splits, root, tmp):
-    sets = {"data.root": root, "data.labeled_list": splits / "labeled.txt", "data.unlabeled_list": splits / "unlabeled.txt",
-            "data.val_list": f"{root}/val.txt", "data.classes_file": f"{root}/classes.txt", "data.crop_size": 32,
-            "data.train_short_side": "[32,40]", "data.test_short_side": 32, "data.eval_clips": 1,
-            "train.batch_labeled": 2, "tracking.uri": f"sqlite:///{tmp}/mlflow.db", "optim.warmup_epochs": 0,
-            "tracking.experiment": "ui-test"}
+    sets = {
+        "data.root": root,
+        "data.labeled_list": splits / "labeled.txt",
+        "data.unlabeled_list": splits / "unlabeled.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+        "optim.warmup_epochs": 0,
+        "tracking.experiment": "ui-test",
+    }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
 def _cli(args, cwd, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CMPL_VERBOSE")}
-    r = subprocess.run([sys.executable, "-m", "cmpl_ray", *args], cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"},
-                       capture_output=True, text=True, timeout=timeout, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmpl_ray", *args],
+        cwd=cwd,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r.stdout + r.stderr
 
 
 def _start_ui(store, cwd, *extra):
     """``cmpl-ray ui`` as a user starts it; (process, printed link) once it prints the link."""
-    proc = subprocess.Popen([sys.executable, "-m", "cmpl_ray", "ui", "--store", store, "--port", "0", *extra],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmpl_ray", "ui", "--store", store, "--port", "0", *extra],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -98,8 +120,11 @@ def _row_texts(page, names, timeout_ms=90_000):
     page.wait_for_timeout(1500)
     out = {}
     for n in names:
-        index = page.locator("[role=row]").filter(has=page.get_by_role("link", name=n, exact=True)).first \
-            .get_attribute("row-index")
+        index = (
+            page.locator("[role=row]")
+            .filter(has=page.get_by_role("link", name=n, exact=True))
+            .first.get_attribute("row-index")
+        )
         out[n] = " | ".join(page.locator(f'[role=row][row-index="{index}"]').all_inner_texts())
     return out
 
@@ -114,11 +139,38 @@ def test_ui_links_show_run_and_sweep_numbers_in_chromium(synth_root, splits, tmp
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     sets = _sets(splits, synth_root, tmp_path)
-    _cli(["train", "--preset", "demo", *sets, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2",
-          "--set", "run.name=single", "--set", f"run.output_dir={tmp_path}/single"], tmp_path)
+    _cli(
+        [
+            "train",
+            "--preset",
+            "demo",
+            *sets,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.steps_per_epoch=2",
+            "--set",
+            "run.name=single",
+            "--set",
+            f"run.output_dir={tmp_path}/single",
+        ],
+        tmp_path,
+    )
     (tmp_path / "grid.yaml").write_text(SPACE)
-    _cli(["tune", str(tmp_path / "grid.yaml"), "--name", "grid", "--storage", str(tmp_path / "tune"),
-          "--num-cpus", "2", *sets], tmp_path)
+    _cli(
+        [
+            "tune",
+            str(tmp_path / "grid.yaml"),
+            "--name",
+            "grid",
+            "--storage",
+            str(tmp_path / "tune"),
+            "--num-cpus",
+            "2",
+            *sets,
+        ],
+        tmp_path,
+    )
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("ui-test")
@@ -152,8 +204,11 @@ def test_ui_links_show_run_and_sweep_numbers_in_chromium(synth_root, splits, tmp
         assert page.get_by_text("single", exact=True).count() == 0  # the view holds the sweep's trials only
         for t in trials:
             nums = _numbers(rows[t.data.tags["mlflow.runName"]])
-            for v in (float(t.data.params["optim.lr"]), float(t.data.params["algo.threshold"]),
-                      t.data.metrics["val_top1"]):
+            for v in (
+                float(t.data.params["optim.lr"]),
+                float(t.data.params["algo.threshold"]),
+                t.data.metrics["val_top1"],
+            ):
                 assert any(abs(v - n) < 1e-3 for n in nums), (t.data.params, t.data.metrics, nums)
         page.screenshot(path=str(tmp_path / "sweep.png"))
         _stop_ui(proc, port)

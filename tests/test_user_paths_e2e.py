@@ -26,13 +26,27 @@ pytestmark = pytest.mark.slow
 
 def toy_sets(synth_root, splits, out, **over):
     """The demo preset at toy size: only sizes and places change, its own switches stay."""
-    sets = {"data.root": synth_root, "data.labeled_list": f"{splits}/labeled.txt",
-            "data.unlabeled_list": f"{splits}/unlabeled.txt", "data.val_list": f"{synth_root}/val.txt",
-            "data.classes_file": f"{synth_root}/classes.txt", "data.crop_size": 32, "data.train_short_side": "[32,40]",
-            "data.test_short_side": 32, "data.eval_clips": 1, "train.batch_labeled": 2, "algo.unlabeled_ratio": 1,
-            "train.steps_per_epoch": 3, "train.log_every": 1, "optim.warmup_epochs": 0,
-            "run.output_dir": f"{out}/out", "run.storage_path": f"{out}/ray_results", "run.name": "toy",
-            "run.max_failures": 0, "tracking.uri": f"sqlite:///{out}/mlflow.db"}
+    sets = {
+        "data.root": synth_root,
+        "data.labeled_list": f"{splits}/labeled.txt",
+        "data.unlabeled_list": f"{splits}/unlabeled.txt",
+        "data.val_list": f"{synth_root}/val.txt",
+        "data.classes_file": f"{synth_root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "train.batch_labeled": 2,
+        "algo.unlabeled_ratio": 1,
+        "train.steps_per_epoch": 3,
+        "train.log_every": 1,
+        "optim.warmup_epochs": 0,
+        "run.output_dir": f"{out}/out",
+        "run.storage_path": f"{out}/ray_results",
+        "run.name": "toy",
+        "run.max_failures": 0,
+        "tracking.uri": f"sqlite:///{out}/mlflow.db",
+    }
     sets.update(over)
     return sets
 
@@ -40,8 +54,9 @@ def toy_sets(synth_root, splits, out, **over):
 def _cli(sets, cwd, *extra, timeout=600):
     args = [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo", *extra]
     args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    return subprocess.run(args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class _HideValVideosAfter(UserCallback):
@@ -58,8 +73,9 @@ class _HideValVideosAfter(UserCallback):
                     os.rename(p, p + ".hidden")
 
 
-def test_best_checkpoint_is_an_evaluated_epoch_and_eval_reproduces_its_score(synth_root, splits, tmp_path, local_ray,
-                                                                             capsys):
+def test_best_checkpoint_is_an_evaluated_epoch_and_eval_reproduces_its_score(
+    synth_root, splits, tmp_path, local_ray, capsys
+):
     """eval_every 2 over 4 epochs: epochs 2 and 4 are evaluated; the val videos vanish after epoch 2, so epoch 4
     scores 0. The published best checkpoint must be epoch 2's (not epoch 3's, which was never evaluated), and
     ``cmpl-ray eval`` on it must give exactly ``val_top1_best``. Its result files live on the run's storage."""
@@ -71,9 +87,18 @@ def test_best_checkpoint_is_an_evaluated_epoch_and_eval_reproduces_its_score(syn
         dst.write_bytes(open(os.path.join(synth_root, it.path), "rb").read())
         items.append(VideoItem(str(dst), it.label))
     write_list(str(tmp_path / "val.txt"), items)
-    sets = toy_sets(synth_root, splits, tmp_path, **{"data.val_list": f"{tmp_path}/val.txt", "train.epochs": 4,
-                                                     "train.eval_every": 2, "algo.name": "supervised",
-                                                     "train.steps_per_epoch": 4})
+    sets = toy_sets(
+        synth_root,
+        splits,
+        tmp_path,
+        **{
+            "data.val_list": f"{tmp_path}/val.txt",
+            "train.epochs": 4,
+            "train.eval_every": 2,
+            "algo.name": "supervised",
+            "train.steps_per_epoch": 4,
+        },
+    )
     cfg = load_config("demo", overrides=[f"{k}={v}" for k, v in sets.items()])
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the controller cannot import tests/
     m = run_training(cfg, callbacks=[_HideValVideosAfter(2, [it.path for it in items])])
@@ -100,8 +125,12 @@ def test_best_checkpoint_is_an_evaluated_epoch_and_eval_reproduces_its_score(syn
 def test_eval_of_best_checkpoint_prints_val_top1_best(synth_root, splits, tmp_path, local_ray, capsys):
     """The same run shape as above without hiding anything: ``cmpl-ray eval`` on the best checkpoint equals
     ``val_top1_best`` exactly (EMA weights, the same clips)."""
-    sets = toy_sets(synth_root, splits, tmp_path, **{"train.epochs": 4, "train.eval_every": 2,
-                                                     "train.steps_per_epoch": 4, "run.name": "plain"})
+    sets = toy_sets(
+        synth_root,
+        splits,
+        tmp_path,
+        **{"train.epochs": 4, "train.eval_every": 2, "train.steps_per_epoch": 4, "run.name": "plain"},
+    )
     cfg = load_config("demo", overrides=[f"{k}={v}" for k, v in sets.items()])
     m = run_training(cfg)
     capsys.readouterr()
@@ -122,10 +151,23 @@ def test_two_workers_ema_off_one_rank_without_a_readable_val_video(synth_root, s
     if val_decode == "ray_data":
         items.append(VideoItem(str(tmp_path / "missing.mp4"), val[1].label))
     write_list(str(tmp_path / "val.txt"), items)
-    sets = toy_sets(synth_root, splits, tmp_path, **{
-        "data.val_list": f"{tmp_path}/val.txt", "data.val_decode": val_decode, "train.ema_decay": 0,
-        "train.num_workers": 2, "train.cpus_per_worker": 0.5, "data.cpus_per_decoder": 0.25, "data.decode_batch": 2,
-        "train.epochs": 2, "train.eval_every": 1, "train.steps_per_epoch": 2})
+    sets = toy_sets(
+        synth_root,
+        splits,
+        tmp_path,
+        **{
+            "data.val_list": f"{tmp_path}/val.txt",
+            "data.val_decode": val_decode,
+            "train.ema_decay": 0,
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 0.5,
+            "data.cpus_per_decoder": 0.25,
+            "data.decode_batch": 2,
+            "train.epochs": 2,
+            "train.eval_every": 1,
+            "train.steps_per_epoch": 2,
+        },
+    )
     r = _cli(sets, tmp_path, timeout=420)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -144,8 +186,9 @@ def test_resume_from_a_relative_checkpoint_path(synth_root, splits, tmp_path, lo
     ckpts = [d for d in epoch1 if load_checkpoint(tmp_path / "ray_results" / "first" / d)["epoch"] == 1]
     assert ckpts, epoch1
     rel = os.path.join("ray_results", "first", ckpts[0])
-    second = toy_sets(synth_root, splits, tmp_path, **{"train.epochs": 3, "run.name": "second",
-                                                       "run.output_dir": f"{tmp_path}/out2"})
+    second = toy_sets(
+        synth_root, splits, tmp_path, **{"train.epochs": 3, "run.name": "second", "run.output_dir": f"{tmp_path}/out2"}
+    )
     r = _cli(second, tmp_path, "--resume", rel)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     m2 = json.loads((tmp_path / "out2" / "metrics.json").read_text())

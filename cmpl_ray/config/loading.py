@@ -68,7 +68,9 @@ def from_dict(d: dict[str, Any]) -> Config:
     sections = {}
     for sname, sval in d.items():
         if sname not in SECTIONS:
-            raise ConfigError(f"{sname}: unknown config section{_suggest(str(sname), SECTIONS)}; sections: {sorted(SECTIONS)}")
+            raise ConfigError(
+                f"{sname}: unknown config section{_suggest(str(sname), SECTIONS)}; sections: {sorted(SECTIONS)}"
+            )
         if sval is None:
             sval = {}
         if not isinstance(sval, dict):

@@ -38,8 +38,10 @@ def flip_pairs_problem(pairs: list[tuple[Any, Any]]) -> str:
             return f"{a}:{b} maps a class to itself (unlisted classes keep their label); leave it out"
         for x, y in ((a, b), (b, a)):
             if partner.setdefault(x, y) != y:
-                return (f"{x} is paired with both {partner[x]} and {y}; each class may be in one pair only "
-                        "(the map must be its own inverse)")
+                return (
+                    f"{x} is paired with both {partner[x]} and {y}; each class may be in one pair only "
+                    "(the map must be its own inverse)"
+                )
     return ""
 
 
@@ -68,14 +70,22 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.primary_arch in ARCHS, "model.primary_arch", f"must be one of {ARCHS}, got {self.primary_arch!r}")
-        _check(self.aux_arch in ARCHS + ("same",), "model.aux_arch",
-               f"must be one of {ARCHS + ('same',)}, got {self.aux_arch!r}")
+        _check(
+            self.aux_arch in ARCHS + ("same",),
+            "model.aux_arch",
+            f"must be one of {ARCHS + ('same',)}, got {self.aux_arch!r}",
+        )
         for key in ("primary_width", "aux_width"):
             base = 16 if getattr(self, key.replace("width", "arch")) in ("tiny", "plain4", "naive") else 64
-            _check(_channels_ok(getattr(self, key), base), f"model.{key}",
-                   f"must be > 0 and give at least one channel ({base} x width >= 0.5), got {getattr(self, key)}")
+            _check(
+                _channels_ok(getattr(self, key), base),
+                f"model.{key}",
+                f"must be > 0 and give at least one channel ({base} x width >= 0.5), got {getattr(self, key)}",
+            )
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
-        _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from classes.txt), got {self.num_classes}")
+        _check(
+            self.num_classes >= 0, "model.num_classes", f"must be >= 0 (0 = from classes.txt), got {self.num_classes}"
+        )
 
 
 @dataclass
@@ -150,30 +160,54 @@ class DataConfig:
         _check(self.raw_clip_len >= 1, "data.raw_clip_len", f"must be >= 1, got {self.raw_clip_len}")
         for key in ("primary_stride", "aux_stride"):
             s = getattr(self, key)
-            _check(isinstance(s, int) and s >= 1 and self.raw_clip_len % s == 0, f"data.{key}",
-                   f"must be a positive divisor of data.raw_clip_len={self.raw_clip_len}, got {s}")
+            _check(
+                isinstance(s, int) and s >= 1 and self.raw_clip_len % s == 0,
+                f"data.{key}",
+                f"must be a positive divisor of data.raw_clip_len={self.raw_clip_len}, got {s}",
+            )
         _check(self.time_offset >= 0, "data.time_offset", f"must be >= 0 seconds, got {self.time_offset}")
-        _check(self.crop_size == 0 or self.crop_size >= 8, "data.crop_size",
-               f"must be >= 8 (or 0 = derived from the videos), got {self.crop_size}")
+        _check(
+            self.crop_size == 0 or self.crop_size >= 8,
+            "data.crop_size",
+            f"must be >= 8 (or 0 = derived from the videos), got {self.crop_size}",
+        )
         _check(self.max_crop >= 8, "data.max_crop", f"must be >= 8, got {self.max_crop}")
         ss = self.train_short_side
-        _check(isinstance(ss, list) and len(ss) == 2 and (ss == [0, 0] or ss[0] <= ss[1] and ss[0] >= self.crop_size),
-               "data.train_short_side",
-               f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, or [0, 0] = derived, got {ss}")
-        _check(self.test_short_side == 0 or self.test_short_side >= self.crop_size, "data.test_short_side",
-               f"must be >= data.crop_size={self.crop_size} (or 0 = derived), got {self.test_short_side}")
+        _check(
+            isinstance(ss, list) and len(ss) == 2 and (ss == [0, 0] or ss[0] <= ss[1] and ss[0] >= self.crop_size),
+            "data.train_short_side",
+            f"must be [min, max] with data.crop_size={self.crop_size} <= min <= max, or [0, 0] = derived, got {ss}",
+        )
+        _check(
+            self.test_short_side == 0 or self.test_short_side >= self.crop_size,
+            "data.test_short_side",
+            f"must be >= data.crop_size={self.crop_size} (or 0 = derived), got {self.test_short_side}",
+        )
         _check(ss == [0, 0] or ss[0] > 0, "data.train_short_side", f"must be positive or [0, 0], got {ss}")
-        _check(all(len(p.split(":")) == 2 and all(x.strip() for x in p.split(":"))
-                   for p in self.flip_label_map.split(",")) if self.flip_label_map else True,
-               "data.flip_label_map", f"must look like a:b,c:d (class names or ids), got {self.flip_label_map!r}")
-        problem = flip_pairs_problem([tuple(x.strip() for x in p.split(":")) for p in self.flip_label_map.split(",")]
-                                     if self.flip_label_map else [])
+        _check(
+            all(len(p.split(":")) == 2 and all(x.strip() for x in p.split(":")) for p in self.flip_label_map.split(","))
+            if self.flip_label_map
+            else True,
+            "data.flip_label_map",
+            f"must look like a:b,c:d (class names or ids), got {self.flip_label_map!r}",
+        )
+        problem = flip_pairs_problem(
+            [tuple(x.strip() for x in p.split(":")) for p in self.flip_label_map.split(",")]
+            if self.flip_label_map
+            else []
+        )
         _check(not problem, "data.flip_label_map", f"{problem}, got {self.flip_label_map!r}")
-        _check(not (self.flip_label_map and not self.flip), "data.flip_label_map",
-               "is set but data.flip=false: no clip is flipped, so the map would never apply")
-        _check(not (self.weak_flip and (not self.flip or self.flip_label_map)), "data.weak_flip",
-               "cannot flip unlabeled clips when labeled flips are off or remap labels (pseudo-labels would be "
-               "mirrored too); set data.weak_flip=false")
+        _check(
+            not (self.flip_label_map and not self.flip),
+            "data.flip_label_map",
+            "is set but data.flip=false: no clip is flipped, so the map would never apply",
+        )
+        _check(
+            not (self.weak_flip and (not self.flip or self.flip_label_map)),
+            "data.weak_flip",
+            "cannot flip unlabeled clips when labeled flips are off or remap labels (pseudo-labels would be "
+            "mirrored too); set data.weak_flip=false",
+        )
         _check(0 <= self.randaug_n <= 14, "data.randaug_n", f"must be in [0, 14], got {self.randaug_n}")
         _check(0 <= self.randaug_m <= 30, "data.randaug_m", f"must be in [0, 30], got {self.randaug_m}")
         _check(0.0 <= self.cutout < 1.0, "data.cutout", f"must be in [0, 1), got {self.cutout}")
@@ -183,8 +217,11 @@ class DataConfig:
         _check(self.decode_batch >= 1, "data.decode_batch", f"must be >= 1, got {self.decode_batch}")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", f"must be > 0, got {self.decode_timeout_s}")
         _check(self.cpus_per_decoder > 0, "data.cpus_per_decoder", f"must be > 0, got {self.cpus_per_decoder}")
-        _check(self.val_decode in ("auto", "worker", "ray_data"), "data.val_decode",
-               f"must be auto, worker or ray_data, got {self.val_decode!r}")
+        _check(
+            self.val_decode in ("auto", "worker", "ray_data"),
+            "data.val_decode",
+            f"must be auto, worker or ray_data, got {self.val_decode!r}",
+        )
 
 
 @dataclass
@@ -217,9 +254,14 @@ class AlgoConfig:
         _check(self.scheme in SCHEMES, "algo.scheme", f"must be one of {SCHEMES}, got {self.scheme!r}")
         _check(0.0 < self.threshold <= 1.0, "algo.threshold", f"must be in (0, 1], got {self.threshold}")
         _check(self.lambda_u >= 0.0, "algo.lambda_u", f"must be >= 0, got {self.lambda_u}")
-        _check(isinstance(self.unlabeled_ratio, int) and self.unlabeled_ratio >= 1, "algo.unlabeled_ratio",
-               f"must be a positive int, got {self.unlabeled_ratio}")
-        _check(self.unsup_warmup_epochs >= 0, "algo.unsup_warmup_epochs", f"must be >= 0, got {self.unsup_warmup_epochs}")
+        _check(
+            isinstance(self.unlabeled_ratio, int) and self.unlabeled_ratio >= 1,
+            "algo.unlabeled_ratio",
+            f"must be a positive int, got {self.unlabeled_ratio}",
+        )
+        _check(
+            self.unsup_warmup_epochs >= 0, "algo.unsup_warmup_epochs", f"must be >= 0, got {self.unsup_warmup_epochs}"
+        )
         _check(self.bn_mode in BN_MODES, "algo.bn_mode", f"must be one of {BN_MODES}, got {self.bn_mode!r}")
 
 
@@ -257,8 +299,8 @@ class TrainConfig:
     steps_per_epoch: int = 0
     """Steps per epoch; > 0 fixes the run's length whatever train.passes says (smoke tests:
     ``--set train.steps_per_epoch=2`` on any preset). 0 = derived from the data: with train.passes > 0 the run's
-    total steps (below) split evenly over train.epochs, else one pass over the unlabeled set, len(unlabeled) // (B_u x workers) (for
-    supervised without an unlabeled list, len(labeled) // (B_l x workers))."""
+    total steps (below) split evenly over train.epochs, else one pass over the unlabeled set,
+    len(unlabeled) // (B_u x workers) (for supervised without an unlabeled list, len(labeled) // (B_l x workers))."""
     passes: float = 0.0
     """Size the run from the data: total steps = max(train.min_steps, passes x (labeled + unlabeled videos) /
     (B_l + B_u) / workers), the same for every algorithm on a split; an epoch is then 1/epochs of the run (a
@@ -301,8 +343,11 @@ class TrainConfig:
         _check(self.steps_per_epoch >= 0, "train.steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
         _check(self.passes >= 0, "train.passes", f"must be >= 0 (0 = off), got {self.passes}")
         _check(self.min_steps >= 0, "train.min_steps", f"must be >= 0, got {self.min_steps}")
-        _check(not (self.min_steps and not self.passes), "train.min_steps",
-               "only applies with train.passes > 0; set train.passes too")
+        _check(
+            not (self.min_steps and not self.passes),
+            "train.min_steps",
+            "only applies with train.passes > 0; set train.passes too",
+        )
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         _check(self.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.amp!r}")
@@ -333,7 +378,11 @@ class RunConfig:
     checkpoint was trained with another config (its fingerprint differs)."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name", f"must be a non-empty name without '/', got {self.name!r}")
+        _check(
+            bool(self.name) and "/" not in self.name,
+            "run.name",
+            f"must be a non-empty name without '/', got {self.name!r}",
+        )
         _check(bool(self.output_dir), "run.output_dir", "must not be empty")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _check(self.max_failures >= -1, "run.max_failures", f"must be >= -1 (-1 = infinite), got {self.max_failures}")
@@ -360,10 +409,16 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "tracking.experiment", "must not be empty")
         name = self.register_as
-        _check(name == name.strip() and "/" not in name and ":" not in name and name not in (".", ".."),
-               "tracking.register_as", f"must be a model name without '/', ':' or surrounding spaces, got {name!r}")
-        _check(not name or self.log_model, "tracking.register_as",
-               "registers the logged model: needs tracking.log_model=true")
+        _check(
+            name == name.strip() and "/" not in name and ":" not in name and name not in (".", ".."),
+            "tracking.register_as",
+            f"must be a model name without '/', ':' or surrounding spaces, got {name!r}",
+        )
+        _check(
+            not name or self.log_model,
+            "tracking.register_as",
+            "registers the logged model: needs tracking.log_model=true",
+        )
 
 
 @dataclass

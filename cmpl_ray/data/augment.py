@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Union
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 __all__ = ["standard", "weak", "strong", "eval_views", "CUTOUT_FILL"]
 
-Clip = Union[np.ndarray, torch.Tensor]
+Clip = np.ndarray | torch.Tensor
 CUTOUT_FILL = 127  #: grey of the Cutout square (FixMatch)
 _LUT_OPS = {"Invert", "Posterize", "Solarize", "SolarizeAdd", "Contrast", "Brightness"}  # f(pixel value) only
 _WARP_OPS = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
@@ -84,7 +83,7 @@ def _centre_square(a: np.ndarray, crop: int) -> np.ndarray:
     h, w = a.shape[1:3]
     s = min(h, w)
     y0, x0 = (h - s) // 2, (w - s) // 2
-    return _resize(a[:, y0:y0 + s, x0:x0 + s], (crop, crop))
+    return _resize(a[:, y0 : y0 + s, x0 : x0 + s], (crop, crop))
 
 
 def _maybe_flip(a: np.ndarray, flip: bool, rng: np.random.Generator) -> np.ndarray:
@@ -262,8 +261,9 @@ def _cutout(p: np.ndarray, frac: float, rng: np.random.Generator, uniform: bool 
 
 
 # ----------------------------------------------------------------------------- views
-def standard(clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Generator,
-             flip: bool | None = None) -> torch.Tensor:
+def standard(
+    clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Generator, flip: bool | None = None
+) -> torch.Tensor:
     """Labeled-data view (PySlowFast train augmentation) -> (C, T, crop, crop) uint8.
 
     Short-side scale jitter to ``S ~ U[scale[0], scale[1]]`` (rounded), random
@@ -284,7 +284,7 @@ def standard(clip: Clip, crop: int, scale: tuple[int, int], rng: np.random.Gener
         new_h, new_w = max(size, int(math.floor(h / w * size))), size
     y0 = int(rng.integers(0, new_h - crop + 1))
     x0 = int(rng.integers(0, new_w - crop + 1))
-    a = _resize(a, (new_h, new_w))[:, y0:y0 + crop, x0:x0 + crop]  # (T, crop, crop, C)
+    a = _resize(a, (new_h, new_w))[:, y0 : y0 + crop, x0 : x0 + crop]  # (T, crop, crop, C)
     if flip is None:
         return torch.from_numpy(_planar(_maybe_flip(a, True, rng)))
     return torch.from_numpy(_planar(a[:, :, ::-1] if flip else a))
@@ -300,8 +300,16 @@ def weak(clip: Clip, crop: int, flip: bool, rng: np.random.Generator) -> torch.T
     return torch.from_numpy(_planar(_maybe_flip(a, flip, rng)))
 
 
-def strong(clip: Clip, crop: int, flip: bool, rng: np.random.Generator,
-           n_ops: int = 2, magnitude: float = 10, cutout: float = 0.5, cutout_uniform: bool = False) -> torch.Tensor:
+def strong(
+    clip: Clip,
+    crop: int,
+    flip: bool,
+    rng: np.random.Generator,
+    n_ops: int = 2,
+    magnitude: float = 10,
+    cutout: float = 0.5,
+    cutout_uniform: bool = False,
+) -> torch.Tensor:
     """Strong view (FixMatch): weak geometry + RandAugment(n_ops, magnitude) + Cutout -> (C, T, crop, crop) uint8.
 
     The flip is drawn independently of the weak view's.  ``magnitude`` is
@@ -347,5 +355,5 @@ def eval_views(clip: Clip, crop: int, num_crops: int) -> torch.Tensor:
     out = np.empty((num_crops, a.shape[3], a.shape[0], crop, crop), np.uint8)  # (N, C, T, crop, crop)
     for i, off in enumerate(offsets):
         y, x = (short_off, off) if long_is_w else (off, short_off)
-        out[i] = a[:, y:y + crop, x:x + crop].transpose(3, 0, 1, 2)
+        out[i] = a[:, y : y + crop, x : x + crop].transpose(3, 0, 1, 2)
     return torch.from_numpy(out)

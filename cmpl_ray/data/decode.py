@@ -43,18 +43,31 @@ import functools
 import io
 import os
 import threading
-from typing import Callable, TypeVar, Union
-
-import numpy as np
+from collections.abc import Callable
+from typing import TypeVar
 
 import decord
+import numpy as np
 
 decord.bridge.set_bridge("native")  # return decord NDArray -> .asnumpy(); no torch bridge surprises
 
-__all__ = ["BadVideo", "DECODER_NAMES", "DECORD", "DECORD_BAD_WIDTHS", "NOT_READ", "PYAV", "REASONS", "Sampled",
-           "Source", "probe", "read_frames", "read_sampled", "target_size"]
+__all__ = [
+    "BadVideo",
+    "DECODER_NAMES",
+    "DECORD",
+    "DECORD_BAD_WIDTHS",
+    "NOT_READ",
+    "PYAV",
+    "REASONS",
+    "Sampled",
+    "Source",
+    "probe",
+    "read_frames",
+    "read_sampled",
+    "target_size",
+]
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+Source = str | os.PathLike | bytes | bytearray | memoryview
 
 #: Reasons a sample can be rejected.  "bad_label" is raised by the dataset layer, not here.
 REASONS = ("missing", "empty", "undecodable", "timeout", "bad_label")
@@ -97,7 +110,7 @@ class Sampled(tuple):
     (a key of :data:`DECODER_NAMES`). A tuple, so ``frames, n, fps = read_sampled(...)`` keeps working, and so
     do stand-in readers that return a plain tuple (``getattr(result, "decoder", DECORD)``)."""
 
-    def __new__(cls, frames: np.ndarray, num_frames: int, fps: float, decoder: int = DECORD) -> "Sampled":
+    def __new__(cls, frames: np.ndarray, num_frames: int, fps: float, decoder: int = DECORD) -> Sampled:
         self = super().__new__(cls, (frames, num_frames, fps))
         self.decoder = decoder
         return self
@@ -127,7 +140,7 @@ def _check_source(src: Source) -> None:
         raise BadVideo("empty", path)
 
 
-def _file_like(src: Source) -> Union[str, io.BytesIO]:
+def _file_like(src: Source) -> str | io.BytesIO:
     """decord takes a path or any object with ``.read()`` (it copies the bytes)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return io.BytesIO(src)
@@ -173,11 +186,12 @@ def _header_hw(src: Source) -> tuple[int, int]:
         return int(cc.height), int(cc.width)
 
 
-def _open(src: Source, width: int, height: int, num_threads: int) -> "decord.VideoReader":
+def _open(src: Source, width: int, height: int, num_threads: int) -> decord.VideoReader:
     """Construct a VideoReader; construction errors mean a corrupt file (decord #162)."""
     try:
-        return decord.VideoReader(_file_like(src), ctx=decord.cpu(0), width=width, height=height,
-                                  num_threads=num_threads)
+        return decord.VideoReader(
+            _file_like(src), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads
+        )
     except AssertionError as exc:  # decord asserts frame count > 0
         raise BadVideo("empty", f"no frames: {exc}") from None
     except Exception as exc:  # DECORDError / RuntimeError("Error reading ...")
@@ -266,8 +280,11 @@ class _PyAVReader:
             g.threads = 1  # as decord's graph
             nodes = [g.add_buffer(template=frame, time_base=self._s.time_base)]
             nodes += [g.add("transpose", t) for t in turns]
-            nodes += [g.add("scale", f"{w if w > 0 else nat_w}:{h if h > 0 else nat_h}:flags=bilinear"),
-                      g.add("format", "rgb24"), g.add("buffersink")]
+            nodes += [
+                g.add("scale", f"{w if w > 0 else nat_w}:{h if h > 0 else nat_h}:flags=bilinear"),
+                g.add("format", "rgb24"),
+                g.add("buffersink"),
+            ]
             g.link_nodes(*nodes)
             g.configure()
             self._graph = g
@@ -403,8 +420,9 @@ def _safe_header_hw(src: Source) -> tuple[int, int]:
         raise BadVideo("undecodable", f"{type(exc).__name__}: {exc}") from None
 
 
-def _decode_unique(src: Source, wanted: np.ndarray, width: int, height: int,
-                   num_threads: int, vr: "decord.VideoReader | None" = None) -> tuple[np.ndarray, np.ndarray]:
+def _decode_unique(
+    src: Source, wanted: np.ndarray, width: int, height: int, num_threads: int, vr: decord.VideoReader | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode sorted unique ``wanted`` -> (frames (U, H, W, 3) uint8, decoded indices (U,)).
 
     Indices are clamped to decord's frame count; if the read fails close to the

@@ -26,8 +26,16 @@ from .sampling import clip_indices, eval_clip_starts, sample_train_indices
 
 log = logging.getLogger(__name__)
 
-ERR_CODES = {0: "ok", 1: "missing", 2: "empty", 3: "undecodable", 4: "timeout", 5: "bad_label", 98: "padding",
-             99: "looped_short"}
+ERR_CODES = {
+    0: "ok",
+    1: "missing",
+    2: "empty",
+    3: "undecodable",
+    4: "timeout",
+    5: "bad_label",
+    98: "padding",
+    99: "looped_short",
+}
 _REASON_TO_CODE = {"missing": 1, "empty": 2, "undecodable": 3, "timeout": 4, "bad_label": 5}
 PAD, LOOPED = 98, 99
 
@@ -45,7 +53,9 @@ def _fetch(path: str) -> str | bytes:
     except FileNotFoundError:
         raise BadVideo("missing") from None
     except OSError as e:
-        raise BadVideo("missing" if "not found" in str(e).lower() or "no such" in str(e).lower() else "undecodable") from e
+        raise BadVideo(
+            "missing" if "not found" in str(e).lower() or "no such" in str(e).lower() else "undecodable"
+        ) from e
 
 
 def _code(e: BadVideo) -> int:
@@ -74,10 +84,21 @@ class ClipDecoder:
     S, S) for clips x crops.
     """
 
-    def __init__(self, mode: str, data_cfg: dict[str, Any], num_classes: int, with_aux: bool, seed: int = 0,
-                 labeled: list[tuple[str, int]] | None = None, unlabeled: list[tuple[str, int]] | None = None,
-                 ratio: int = 0, flip_map: list[int] | None = None, per_epoch: int = 0, clock: Any = None,
-                 one_thread: bool = True):
+    def __init__(
+        self,
+        mode: str,
+        data_cfg: dict[str, Any],
+        num_classes: int,
+        with_aux: bool,
+        seed: int = 0,
+        labeled: list[tuple[str, int]] | None = None,
+        unlabeled: list[tuple[str, int]] | None = None,
+        ratio: int = 0,
+        flip_map: list[int] | None = None,
+        per_epoch: int = 0,
+        clock: Any = None,
+        one_thread: bool = True,
+    ):
         import torch
 
         if one_thread:  # one decode actor = one core; parallelism comes from the pool. In-process users (the
@@ -93,14 +114,16 @@ class ClipDecoder:
         self.warned: set[str] = set()
 
     # -- one video --------------------------------------------------------------------------------------
-    def _decode_train(self, path: str, size: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+    def _decode_train(
+        self, path: str, size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
         dc = self.dc
         t_p = dc.raw_clip_len // dc.primary_stride
 
         def choose(n: int, fps: float) -> np.ndarray:
-            idx_p, idx_a = sample_train_indices(n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride,
-                                                dc.time_offset, rng)
+            idx_p, idx_a = sample_train_indices(
+                n, fps, dc.raw_clip_len, dc.primary_stride, dc.aux_stride, dc.time_offset, rng
+            )
             return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
 
         res = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)
@@ -125,18 +148,20 @@ class ClipDecoder:
         for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
             views = []
             for _ in range(count):
-                views.append(augment.eval_views(frames[pos: pos + t], dc.crop_size, dc.eval_crops))
+                views.append(augment.eval_views(frames[pos : pos + t], dc.crop_size, dc.eval_crops))
                 pos += t
             out.append(torch.cat(views).numpy() if views else None)  # (clips*crops, C, T, S, S)
         return out[0], out[1], n < dc.raw_clip_len, _decoder(res)
 
-    def _views(self, kind: str, path: str, label: int,
-               rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int]:
+    def _views(
+        self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
+    ) -> tuple[dict[str, np.ndarray], int, int]:
         """(views, code, label): :meth:`_decode_views` without the decoder."""
         return self._decode_views(kind, path, label, rng)[:3]
 
-    def _decode_views(self, kind: str, path: str, label: int,
-                      rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], int, int, int]:
+    def _decode_views(
+        self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
+    ) -> tuple[dict[str, np.ndarray], int, int, int]:
         """(views, code, label, decoder) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The
         label comes back remapped (``data.flip_label_map``) when a labeled clip was flipped; decoder: which
         library read the file (:data:`~cmpl_ray.data.decode.DECODER_NAMES`)."""
@@ -152,33 +177,44 @@ class ClipDecoder:
         clips = {"p": fp, "a": fa} if fa is not None else {"p": fp}
         if kind == "labeled":
             flipped = bool(dc.flip and rng.random() < 0.5)  # one decision for both networks' clips
-            views = {f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng, flipped)
-                     for n, c in clips.items()}
+            views = {
+                f"l_{n}": augment.standard(c, dc.crop_size, tuple(dc.train_short_side), rng, flipped)
+                for n, c in clips.items()
+            }
             label = self.flip_map[label] if flipped else label
         else:
             views = {}
             for n, c in clips.items():
                 views[f"u_weak_{n}"] = augment.weak(c, dc.crop_size, dc.weak_flip, rng)
-                views[f"u_strong_{n}"] = augment.strong(c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n,
-                                                        dc.randaug_m, dc.cutout, dc.cutout_uniform)
+                views[f"u_strong_{n}"] = augment.strong(
+                    c, dc.crop_size, dc.weak_flip, rng, dc.randaug_n, dc.randaug_m, dc.cutout, dc.cutout_uniform
+                )
         return {k: v.numpy() for k, v in views.items()}, LOOPED if short else 0, label, dec
 
     def _shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
         s, tp, ta = self.dc.crop_size, self.t_p, self.t_a
         v = self.dc.eval_clips * self.dc.eval_crops
-        keys = {"labeled": {"l_p": (3, tp, s, s), "l_a": (3, ta, s, s)},
-                "unlabeled": {"u_weak_p": (3, tp, s, s), "u_strong_p": (3, tp, s, s),
-                              "u_weak_a": (3, ta, s, s), "u_strong_a": (3, ta, s, s)},
-                "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)}}[kind]
+        keys = {
+            "labeled": {"l_p": (3, tp, s, s), "l_a": (3, ta, s, s)},
+            "unlabeled": {
+                "u_weak_p": (3, tp, s, s),
+                "u_strong_p": (3, tp, s, s),
+                "u_weak_a": (3, ta, s, s),
+                "u_strong_a": (3, ta, s, s),
+            },
+            "val": {"v_p": (v, 3, tp, s, s), "v_a": (v, 3, ta, s, s)},
+        }[kind]
         return {k: shp for k, shp in keys.items() if self.with_aux or not k.endswith("_a")}
 
-    def safe_views(self, kind: str, path: str, label: int,
-                   rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], bool, int, int]:
+    def safe_views(
+        self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
+    ) -> tuple[dict[str, np.ndarray], bool, int, int]:
         """(views, valid, err code, label): :meth:`safe_decode` without the decoder."""
         return self.safe_decode(kind, path, label, rng)[:4]
 
-    def safe_decode(self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
-                    ) -> tuple[dict[str, np.ndarray], bool, int, int, int]:
+    def safe_decode(
+        self, kind: str, path: str, label: int, rng: np.random.Generator | None = None
+    ) -> tuple[dict[str, np.ndarray], bool, int, int, int]:
         """(views, valid, err code, label, decoder): a bad video becomes zero clips + an error code (decoder
         ``NOT_READ``), never an exception."""
         code = PAD
@@ -220,8 +256,10 @@ class ClipDecoder:
         per = max(1, self.table.args[2])
         epochs, within = start + pos // per, pos % per
         parts = [(int(e), within[epochs == e]) for e in np.unique(epochs)]  # ascending = the batch's order
-        return (np.concatenate([self.table(e)[w] for e, w in parts]),
-                np.concatenate([row_keys(e, w) for e, w in parts]))
+        return (
+            np.concatenate([self.table(e)[w] for e, w in parts]),
+            np.concatenate([row_keys(e, w) for e, w in parts]),
+        )
 
     def _warn_once(self, path: str, code: int) -> None:
         if path not in self.warned:
@@ -248,10 +286,11 @@ class ClipDecoder:
             if not self.unlabeled:
                 continue
             per: dict[str, list] = {}
-            for j, ui in enumerate(row[1: 1 + self.ratio]):
+            for j, ui in enumerate(row[1 : 1 + self.ratio]):
                 path, label = self.unlabeled[ui]
-                views, ok, code, _, dec = self.safe_decode("unlabeled", path, label if 0 <= label < self.k else 0,
-                                                           rng_of(1 + j))
+                views, ok, code, _, dec = self.safe_decode(
+                    "unlabeled", path, label if 0 <= label < self.k else 0, rng_of(1 + j)
+                )
                 for k, v in views.items():
                     per.setdefault(k, []).append(v)
                 meta["y_u"].append(label), meta["u_valid"].append(ok)
@@ -277,6 +316,10 @@ class ClipDecoder:
                 cols.setdefault(k, []).append(v)
             ys.append(label if ok else 0), valid.append(ok), errs.append(code), decs.append(dec)
         out = {k: np.stack(v) for k, v in cols.items()}
-        out.update(y=np.asarray(ys, np.int64), valid=np.asarray(valid, bool), err=np.asarray(errs, np.int64),
-                   dec=np.asarray(decs, np.int64))
+        out.update(
+            y=np.asarray(ys, np.int64),
+            valid=np.asarray(valid, bool),
+            err=np.asarray(errs, np.int64),
+            dec=np.asarray(decs, np.int64),
+        )
         return out

@@ -108,13 +108,15 @@ def parse_list(text: str, source: str = "<list>", num_classes: int | None = None
         try:
             label = int(label_s)
         except ValueError:
-            raise ListFormatError(f"{source}:{lineno}: label {label_s!r} is not an integer "
-                                  f"(expected 'path label'): {line!r}") from None
+            raise ListFormatError(
+                f"{source}:{lineno}: label {label_s!r} is not an integer (expected 'path label'): {line!r}"
+            ) from None
         if label < 0:
             raise ListFormatError(f"{source}:{lineno}: negative label {label} in {line!r}")
         if num_classes is not None and label >= num_classes:
-            raise ListFormatError(f"{source}:{lineno}: label {label} out of range for "
-                                  f"{num_classes} classes in {line!r}")
+            raise ListFormatError(
+                f"{source}:{lineno}: label {label} out of range for {num_classes} classes in {line!r}"
+            )
         items.append(VideoItem(path, label))
     return items
 
@@ -180,8 +182,14 @@ def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dic
     """
     if split not in (1, 2, 3):
         raise ValueError(f"UCF-101 split must be 1, 2 or 3, got {split}")
-    ann = next((d for d in (os.path.join(root, "ucfTrainTestlist"),
-                            os.path.join(root, "UCF-101", "ucfTrainTestlist")) if os.path.isdir(d)), None)
+    ann = next(
+        (
+            d
+            for d in (os.path.join(root, "ucfTrainTestlist"), os.path.join(root, "UCF-101", "ucfTrainTestlist"))
+            if os.path.isdir(d)
+        ),
+        None,
+    )
     if ann is None:
         raise FileNotFoundError(f"no ucfTrainTestlist/ under {root} (download UCF101TrainTestSplits)")
     class_file = os.path.join(ann, "classInd.txt")
@@ -196,8 +204,12 @@ def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dic
         raise ListFormatError(f"{class_file}:1: class ids are not 1..{len(ids)} without gaps")
     classes = [ids[i] for i in range(len(ids))]
     by_folder = {c.lower(): i for i, c in enumerate(classes)}  # official lists mix case
-    prefix = "UCF-101" if os.path.isdir(os.path.join(root, "UCF-101")) and any(
-        os.path.isdir(os.path.join(root, "UCF-101", c)) for c in classes) else ""
+    prefix = (
+        "UCF-101"
+        if os.path.isdir(os.path.join(root, "UCF-101"))
+        and any(os.path.isdir(os.path.join(root, "UCF-101", c)) for c in classes)
+        else ""
+    )
 
     def convert(name: str, labelled: bool) -> list[VideoItem]:
         fname = os.path.join(ann, name)
@@ -236,8 +248,9 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
     """
     ann = os.path.join(root, "annotations")
     train_csv = os.path.join(ann, "train.csv")
-    val_csv = next((p for p in (os.path.join(ann, "validate.csv"), os.path.join(ann, "val.csv"))
-                    if os.path.isfile(p)), None)
+    val_csv = next(
+        (p for p in (os.path.join(ann, "validate.csv"), os.path.join(ann, "val.csv")) if os.path.isfile(p)), None
+    )
     if not os.path.isfile(train_csv) or val_csv is None:
         raise FileNotFoundError(f"need {train_csv} and {ann}/validate.csv (or val.csv)")
 
@@ -270,8 +283,14 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
                 raise ListFormatError(f"{where}: label {label!r} does not occur in train.csv")
             if label not in folder:
                 alt = label.replace(" ", "_")
-                folder[label] = alt if (not os.path.isdir(os.path.join(root, split_dir, label))
-                                        and os.path.isdir(os.path.join(root, split_dir, alt))) else label
+                folder[label] = (
+                    alt
+                    if (
+                        not os.path.isdir(os.path.join(root, split_dir, label))
+                        and os.path.isdir(os.path.join(root, split_dir, alt))
+                    )
+                    else label
+                )
             items.append(VideoItem(f"{split_dir}/{folder[label]}/{base}", index[label]))
         return items
 
@@ -293,9 +312,18 @@ def _finish(dataset: str, root: str, out_dir: str | None, train, val, classes, *
     write_list(files["train"], kept["train"])
     write_list(files["val"], kept["val"])
     write_classes(files["classes"], classes)
-    return {"dataset": dataset, "root": root, "out_dir": out_dir, "num_classes": len(classes),
-            "train": len(kept["train"]), "val": len(kept["val"]),
-            "listed": len(train) + len(val), "missing": missing, "files": files, **extra}
+    return {
+        "dataset": dataset,
+        "root": root,
+        "out_dir": out_dir,
+        "num_classes": len(classes),
+        "train": len(kept["train"]),
+        "val": len(kept["val"]),
+        "listed": len(train) + len(val),
+        "missing": missing,
+        "files": files,
+        **extra,
+    }
 
 
 # ----------------------------------------------------------------------------- splits
@@ -317,8 +345,9 @@ def _quotas_category_wise(sizes: dict[int, int], total: int) -> dict[int, int]:
     return quota
 
 
-def split_labeled(items, *, per_class: int | None = None, fraction: float | None = None,
-                  seed: int = 0, category_wise: bool = False) -> tuple[list[VideoItem], list[VideoItem]]:
+def split_labeled(
+    items, *, per_class: int | None = None, fraction: float | None = None, seed: int = 0, category_wise: bool = False
+) -> tuple[list[VideoItem], list[VideoItem]]:
     """Sample the labeled subset; return (labeled, unlabeled = everything else).
 
     Balanced (paper Sec. 4.1): ``per_class`` videos from every class, or
@@ -361,8 +390,10 @@ def split_labeled(items, *, per_class: int | None = None, fraction: float | None
         quota = {lab: k for lab in groups}
         short = [lab for lab, g in groups.items() if len(g) < k]
         if short:
-            warnings.warn(f"{len(short)} classes have fewer than {k} videos and give all they have "
-                          f"(first: {sorted(short)[:10]})", stacklevel=2)
+            warnings.warn(
+                f"{len(short)} classes have fewer than {k} videos and give all they have (first: {sorted(short)[:10]})",
+                stacklevel=2,
+            )
     labeled, unlabeled = [], []
     for lab in sorted(groups):
         group = groups[lab]

@@ -39,8 +39,10 @@ def class_names(cfg: Config) -> list[str]:
         return names
     if cfg.model.num_classes:
         return [f"class_{i}" for i in range(cfg.model.num_classes)]
-    raise FileNotFoundError(f"data.classes_file: {path} not found and model.num_classes is 0; "
-                            "pass --set model.num_classes=N or write classes.txt beside the labeled list")
+    raise FileNotFoundError(
+        f"data.classes_file: {path} not found and model.num_classes is 0; "
+        "pass --set model.num_classes=N or write classes.txt beside the labeled list"
+    )
 
 
 def resolve_flip_map(spec: str, names: list[str]) -> list[int] | None:
@@ -101,8 +103,9 @@ def resolve_data(cfg: Config, labeled: list[VideoItem]) -> Config:
             raise ValueError(f"data.crop_size=0 (derived) needs a readable labeled video; errors: {errors[:2]}")
         crop = max(8, min(dc.max_crop, short // 8 * 8))
     train_ss = dc.train_short_side if dc.train_short_side != [0, 0] else [crop, int(round(crop * 8 / 7))]
-    cfg.data = dataclasses.replace(dc, crop_size=crop, train_short_side=train_ss,
-                                   test_short_side=dc.test_short_side or crop)  # re-validated here
+    cfg.data = dataclasses.replace(
+        dc, crop_size=crop, train_short_side=train_ss, test_short_side=dc.test_short_side or crop
+    )  # re-validated here
     return cfg
 
 
@@ -126,8 +129,10 @@ def steps_per_epoch(cfg: Config, n_labeled: int, n_unlabeled: int, world: int) -
     b_u = cfg.algo.unlabeled_ratio * cfg.train.batch_labeled
     n = n_unlabeled // (b_u * world) if n_unlabeled else n_labeled // (cfg.train.batch_labeled * world)
     if n < 1:
-        raise ValueError(f"too few videos for one step: {n_unlabeled} unlabeled / {n_labeled} labeled for "
-                         f"{world} workers x B_u={b_u}; lower train.batch_labeled or set train.steps_per_epoch")
+        raise ValueError(
+            f"too few videos for one step: {n_unlabeled} unlabeled / {n_labeled} labeled for "
+            f"{world} workers x B_u={b_u}; lower train.batch_labeled or set train.steps_per_epoch"
+        )
     return n
 
 
@@ -144,9 +149,18 @@ def _pairs(items: list[VideoItem], root: str) -> list[tuple[str, int]]:
     return [(resolve_path(root, it.path), it.label) for it in items]
 
 
-def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[VideoItem], num_classes: int,
-                        world: int, steps: int, flip_map: list[int] | None = None, clock: Any = None,
-                        preserve_order: bool = True, epochs: int = 1):
+def build_train_dataset(
+    cfg: Config,
+    labeled: list[VideoItem],
+    unlabeled: list[VideoItem],
+    num_classes: int,
+    world: int,
+    steps: int,
+    flip_map: list[int] | None = None,
+    clock: Any = None,
+    preserve_order: bool = True,
+    epochs: int = 1,
+):
     """``epochs`` epochs of rows (steps x B_l x world each), each row = 1 labeled + ``ratio`` unlabeled videos.
     The training loop iterates it ONCE for the whole run (one stream, one decode actor pool: no pipeline
     restart per epoch; the next epoch's first batches decode while the last ones train) and counts ``steps``
@@ -172,15 +186,23 @@ def build_train_dataset(cfg: Config, labeled: list[VideoItem], unlabeled: list[V
 
     # in-memory blocks, so no read or rename task: a task would wait for a CPU the train worker and decoders hold
     pos = np.arange(n, dtype=np.int64)
-    ds = ray.data.from_arrow([pa.table({"pos": pos[i: i + chunk]}) for i in range(0, n, chunk)])
+    ds = ray.data.from_arrow([pa.table({"pos": pos[i : i + chunk]}) for i in range(0, n, chunk)])
     ds.context.execution_options.preserve_order = preserve_order
     return ds.map_batches(
         ClipDecoder,
-        fn_constructor_kwargs={"mode": "train", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
-                               "with_aux": cfg.uses_aux, "seed": cfg.train.seed,
-                               "labeled": _pairs(labeled, cfg.data.root),
-                               "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None, "ratio": ratio,
-                               "flip_map": flip_map, "per_epoch": per_epoch, "clock": clock},
+        fn_constructor_kwargs={
+            "mode": "train",
+            "data_cfg": dataclasses.asdict(cfg.data),
+            "num_classes": num_classes,
+            "with_aux": cfg.uses_aux,
+            "seed": cfg.train.seed,
+            "labeled": _pairs(labeled, cfg.data.root),
+            "unlabeled": _pairs(unlabeled, cfg.data.root) if semi else None,
+            "ratio": ratio,
+            "flip_map": flip_map,
+            "per_epoch": per_epoch,
+            "clock": clock,
+        },
         batch_size=cfg.data.decode_batch,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,
@@ -200,8 +222,13 @@ def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, wor
     rows += [{"path": "", "label": 0, "index": -1}] * ((-len(rows)) % world)
     return ray.data.from_items(rows).map_batches(
         ClipDecoder,
-        fn_constructor_kwargs={"mode": "val", "data_cfg": dataclasses.asdict(cfg.data), "num_classes": num_classes,
-                               "with_aux": with_aux, "seed": cfg.train.seed},
+        fn_constructor_kwargs={
+            "mode": "val",
+            "data_cfg": dataclasses.asdict(cfg.data),
+            "num_classes": num_classes,
+            "with_aux": with_aux,
+            "seed": cfg.train.seed,
+        },
         batch_size=2,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,
@@ -212,8 +239,9 @@ def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, wor
 def val_decoder(cfg: Config, num_classes: int, with_aux: bool) -> ClipDecoder:
     """The val-mode decoder for in-process use: it leaves the caller's torch threads as they are (a training
     worker that decodes its own evaluation keeps its intra-op threads)."""
-    return ClipDecoder("val", dataclasses.asdict(cfg.data), num_classes, with_aux, seed=cfg.train.seed,
-                       one_thread=False)
+    return ClipDecoder(
+        "val", dataclasses.asdict(cfg.data), num_classes, with_aux, seed=cfg.train.seed, one_thread=False
+    )
 
 
 VAL_IN_WORKER_MAX = 256
@@ -232,8 +260,17 @@ def val_decode_mode(cfg: Config, num_val: int, world: int) -> str:
     return mode
 
 
-def iter_val_batches(cfg: Config, items: list[VideoItem], num_classes: int, with_aux: bool, rank: int = 0,
-                     world: int = 1, batch_size: int = 2, threads: int = 2, prefetch: int = 0):
+def iter_val_batches(
+    cfg: Config,
+    items: list[VideoItem],
+    num_classes: int,
+    with_aux: bool,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int = 2,
+    threads: int = 2,
+    prefetch: int = 0,
+):
     """Validation videos as torch batches decoded in-process by a small thread pool (decord and torch release
     the GIL), this rank's share items[rank::world]: ``cmpl-ray eval`` / ``predict``, the Ray-free runner and
     training-time evaluation with ``data.val_decode=worker``. At most ``prefetch`` batches (default 2 x
@@ -245,7 +282,7 @@ def iter_val_batches(cfg: Config, items: list[VideoItem], num_classes: int, with
 
     dec = val_decoder(cfg, num_classes, with_aux)
     mine = _pairs(items, cfg.data.root)[rank::world]
-    chunks = iter([mine[i: i + batch_size] for i in range(0, len(mine), batch_size)])
+    chunks = iter([mine[i : i + batch_size] for i in range(0, len(mine), batch_size)])
     ahead = max(1, prefetch or min(8, 2 * threads))
     with ThreadPoolExecutor(max(1, threads)) as pool:
         pending = deque(pool.submit(dec.decode_val, c) for c in itertools.islice(chunks, ahead))

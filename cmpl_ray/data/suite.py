@@ -32,8 +32,8 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -61,19 +61,75 @@ class Family:
     flip_pairs: tuple[tuple[str, str], ...] = ()
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("direction", ("right", "left", "up", "down", "orbit_cw", "orbit_ccw"), 64, 64, 32, 12, "photo",
-           "static", 0, "motion direction", flip_pairs=(("right", "left"), ("orbit_cw", "orbit_ccw"))),
-    Family("speed", ("still", "slow", "medium", "fast", "vibrate"), 64, 64, 48, 15, "noise", "static", 1,
-           "speed / vibration frequency"),
-    Family("scale", ("grow", "shrink", "pulse", "steady"), 128, 96, 40, 10, "flat", "pan", 0, "size change"),
-    Family("appearance", ("disc", "square", "ring", "cross", "triangle", "stripes", "checker"), 64, 64, 32, 12,
-           "noise", "pan", 0, "shape / texture"),
-    Family("flicker", ("steady", "blink_slow", "blink_fast", "ramp_up", "ramp_down"), 64, 48, 48, 12, "photo",
-           "static", 0, "brightness over time"),
-    Family("heldout", ("bounce", "zigzag", "spin_cw", "spin_ccw", "colour_swap", "approach"), 80, 64, 40, 10,
-           "photo", "shake", 2, "mixed (never tuned on)", held_out=True, flip_pairs=(("spin_cw", "spin_ccw"),)),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "direction",
+            ("right", "left", "up", "down", "orbit_cw", "orbit_ccw"),
+            64,
+            64,
+            32,
+            12,
+            "photo",
+            "static",
+            0,
+            "motion direction",
+            flip_pairs=(("right", "left"), ("orbit_cw", "orbit_ccw")),
+        ),
+        Family(
+            "speed",
+            ("still", "slow", "medium", "fast", "vibrate"),
+            64,
+            64,
+            48,
+            15,
+            "noise",
+            "static",
+            1,
+            "speed / vibration frequency",
+        ),
+        Family("scale", ("grow", "shrink", "pulse", "steady"), 128, 96, 40, 10, "flat", "pan", 0, "size change"),
+        Family(
+            "appearance",
+            ("disc", "square", "ring", "cross", "triangle", "stripes", "checker"),
+            64,
+            64,
+            32,
+            12,
+            "noise",
+            "pan",
+            0,
+            "shape / texture",
+        ),
+        Family(
+            "flicker",
+            ("steady", "blink_slow", "blink_fast", "ramp_up", "ramp_down"),
+            64,
+            48,
+            48,
+            12,
+            "photo",
+            "static",
+            0,
+            "brightness over time",
+        ),
+        Family(
+            "heldout",
+            ("bounce", "zigzag", "spin_cw", "spin_ccw", "colour_swap", "approach"),
+            80,
+            64,
+            40,
+            10,
+            "photo",
+            "shake",
+            2,
+            "mixed (never tuned on)",
+            held_out=True,
+            flip_pairs=(("spin_cw", "spin_ccw"),),
+        ),
+    )
+}
 TUNED = tuple(n for n, f in FAMILIES.items() if not f.held_out)
 HELD_OUT = tuple(n for n, f in FAMILIES.items() if f.held_out)
 
@@ -89,7 +145,9 @@ def _photo(name: str) -> np.ndarray:
     import skimage.transform
 
     root = os.path.dirname(skimage.data.__file__)  # bundled files, so no download is ever needed
-    path = next(os.path.join(root, name + ext) for ext in (".png", ".jpg") if os.path.exists(os.path.join(root, name + ext)))
+    path = next(
+        os.path.join(root, name + ext) for ext in (".png", ".jpg") if os.path.exists(os.path.join(root, name + ext))
+    )
     img = np.asarray(skimage.io.imread(path), np.float32)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
@@ -108,7 +166,7 @@ def _canvas(kind: str, rng: np.random.Generator, h: int, w: int, photos: tuple[s
         ch = int(min(img.shape[:2]) * zoom)
         cw = min(img.shape[1], int(ch * w / h))
         y0, x0 = rng.integers(0, img.shape[0] - ch + 1), rng.integers(0, img.shape[1] - cw + 1)
-        crop = img[y0:y0 + ch, x0:x0 + cw]
+        crop = img[y0 : y0 + ch, x0 : x0 + cw]
         yi = np.linspace(0, ch - 1, h).astype(np.int64)
         xi = np.linspace(0, cw - 1, w).astype(np.int64)
         bg = crop[yi][:, xi]
@@ -152,13 +210,25 @@ def _camera(kind: str, rng: np.random.Generator, t: np.ndarray, size: int) -> tu
 
 
 # ----------------------------------------------------------------------------- object tracks
-def _track(rng: np.random.Generator, t: np.ndarray, w: int, h: int, shape: str = "blob",
-           size: tuple[float, float] = (0.10, 0.16)) -> Track:
+def _track(
+    rng: np.random.Generator,
+    t: np.ndarray,
+    w: int,
+    h: int,
+    shape: str = "blob",
+    size: tuple[float, float] = (0.10, 0.16),
+) -> Track:
     s = min(w, h)
     n = len(t)
-    return {"cx": np.full(n, rng.uniform(0, w)), "cy": np.full(n, rng.uniform(0, h)),
-            "s": np.full(n, s * rng.uniform(*size)), "angle": np.full(n, rng.uniform(-0.3, 0.3)),
-            "alpha": np.ones(n), "colour": None, "shape": shape}
+    return {
+        "cx": np.full(n, rng.uniform(0, w)),
+        "cy": np.full(n, rng.uniform(0, h)),
+        "s": np.full(n, s * rng.uniform(*size)),
+        "angle": np.full(n, rng.uniform(-0.3, 0.3)),
+        "alpha": np.ones(n),
+        "colour": None,
+        "shape": shape,
+    }
 
 
 def _move(tr: Track, vx: float, vy: float, t: np.ndarray) -> Track:
@@ -212,7 +282,9 @@ def _class_track(fam: str, name: str, rng: np.random.Generator, t: np.ndarray, w
             ramp = (rng.uniform(0, hi - lo) + s * rng.uniform(0.004, 0.006) * t) % (hi - lo)
             tr["s"] = lo + ramp if name == "grow" else hi - ramp
         elif name == "pulse":
-            tr["s"] = 0.5 * (lo + hi) + 0.35 * (hi - lo) * np.sin(2 * np.pi * t / rng.uniform(8, 14) + rng.uniform(0, 6.3))
+            tr["s"] = 0.5 * (lo + hi) + 0.35 * (hi - lo) * np.sin(
+                2 * np.pi * t / rng.uniform(8, 14) + rng.uniform(0, 6.3)
+            )
         else:
             tr["s"] = np.full(n, rng.uniform(lo, hi))
         return tr
@@ -287,7 +359,7 @@ def render_family_clip(family: str | Family, name: str, rng: np.random.Generator
     canvas = _canvas(fam.background, rng, h + 2 * m, w + 2 * m, PHOTOS_HELDOUT if fam.held_out else PHOTOS_TUNE)
     iy = (m + np.rint(oy)).astype(np.int64)
     ix = (m + np.rint(ox)).astype(np.int64)
-    video = np.stack([canvas[iy[i]:iy[i] + h, ix[i]:ix[i] + w] for i in range(n)])  # (T, H, W, 3)
+    video = np.stack([canvas[iy[i] : iy[i] + h, ix[i] : ix[i] + w] for i in range(n)])  # (T, H, W, 3)
     tracks = [_class_track(fam.name, name, rng, t, w, h)] + [_distractor(rng, t, w, h) for _ in range(fam.distractors)]
     gx = np.arange(w, dtype=np.float32)[None, None, :]
     gy = np.arange(h, dtype=np.float32)[None, :, None]
@@ -339,19 +411,33 @@ def write_family(out_dir: str, family: str, per_class: int = 60, val_per_class: 
     write_list(os.path.join(out_dir, "train.txt"), train)
     write_list(os.path.join(out_dir, "val.txt"), val)
     write_classes(os.path.join(out_dir, "classes.txt"), list(fam.classes))
-    info = {**asdict(fam), "flip_label_map": flip_label_map(fam), "seed": seed, "train": len(train), "val": len(val),
-            "seconds": round(time.perf_counter() - start, 2)}
+    info = {
+        **asdict(fam),
+        "flip_label_map": flip_label_map(fam),
+        "seed": seed,
+        "train": len(train),
+        "val": len(val),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     with open(os.path.join(out_dir, "suite.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info
 
 
-def write_suite(out_dir: str, families: list[str] | None = None, per_class: int = 60, val_per_class: int = 50,
-                seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, dict]:
+def write_suite(
+    out_dir: str,
+    families: list[str] | None = None,
+    per_class: int = 60,
+    val_per_class: int = 50,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
     """Every family (or ``families``) under ``out_dir/<family>/``; returns each family's summary."""
     out = {}
     for name in families or list(FAMILIES):
         out[name] = write_family(os.path.join(out_dir, name), name, per_class, val_per_class, seed)
         if log:
-            log(f"suite: {name}: {out[name]['train']} train + {out[name]['val']} val videos in {out[name]['seconds']} s")
+            log(
+                f"suite: {name}: {out[name]['train']} train + {out[name]['val']} val videos in {out[name]['seconds']} s"
+            )
     return out

@@ -43,14 +43,22 @@ from cmpl_ray.data.lists import VideoItem, write_classes, write_list
 # move_right / move_left comes last: the standard augmentation flips clips (as on real datasets), which would
 # turn one into the other, so sets of up to 14 classes stay flip-invariant.
 SYNTH_CLASSES: tuple[tuple[str, str], ...] = (
-    ("move_up", "motion"), ("square", "appearance"),
-    ("move_down", "motion"), ("ring", "appearance"),
-    ("grow", "motion"), ("stripes", "appearance"),
-    ("shrink", "motion"), ("checker", "appearance"),
-    ("blink", "motion"), ("cross", "appearance"),
-    ("orbit_cw", "motion"), ("triangle", "appearance"),
-    ("move_right", "motion"), ("diamond", "appearance"),
-    ("move_left", "motion"), ("frame", "appearance"),
+    ("move_up", "motion"),
+    ("square", "appearance"),
+    ("move_down", "motion"),
+    ("ring", "appearance"),
+    ("grow", "motion"),
+    ("stripes", "appearance"),
+    ("shrink", "motion"),
+    ("checker", "appearance"),
+    ("blink", "motion"),
+    ("cross", "appearance"),
+    ("orbit_cw", "motion"),
+    ("triangle", "appearance"),
+    ("move_right", "motion"),
+    ("diamond", "appearance"),
+    ("move_left", "motion"),
+    ("frame", "appearance"),
 )
 _NAMES = [n for n, _ in SYNTH_CLASSES]
 # Codecs tried in order: H.264 is what real datasets use and what decord is tuned
@@ -129,8 +137,10 @@ def write_video(path: str, frames: np.ndarray, fps: int) -> None:
     if t < 1 or h % 2 or w % 2 or h < 2 or w < 2:
         raise ValueError(f"need >=1 frame and even H, W (yuv420p); got T={t} H={h} W={w}")
     if w in DECORD_BAD_WIDTHS:
-        raise ValueError(f"width {w} is unreadable by decord 0.6 (bad widths: {sorted(DECORD_BAD_WIDTHS)}); "
-                         "pick another width, e.g. 32, 40, 56 or 64")
+        raise ValueError(
+            f"width {w} is unreadable by decord 0.6 (bad widths: {sorted(DECORD_BAD_WIDTHS)}); "
+            "pick another width, e.g. 32, 40, 56 or 64"
+        )
     if int(fps) <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -185,8 +195,13 @@ def _background(rng: np.random.Generator, size: int, dark: bool) -> np.ndarray:
     return bg.astype(np.float32)
 
 
-def render_clip(name: str, rng: np.random.Generator, num_frames: int = 48, size: int = 64,
-                object_size: tuple[float, float] = (0.11, 0.16)) -> tuple[np.ndarray, np.ndarray]:
+def render_clip(
+    name: str,
+    rng: np.random.Generator,
+    num_frames: int = 48,
+    size: int = 64,
+    object_size: tuple[float, float] = (0.11, 0.16),
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one video of class ``name``: (frames (T,S,S,3) uint8, object mask (T,S,S) float).
 
     ``object_size``: range of the object's half-size as a fraction of the frame (shape classes; the motion blob
@@ -243,7 +258,7 @@ def render_clip(name: str, rng: np.random.Generator, num_frames: int = 48, size:
     mask = (np.clip(sd + 0.5, 0.0, 1.0) * visible[:, None, None]).astype(np.float32)
     video = bg[None] + mask[..., None] * (colour - bg)[None]
     # Sensor noise, uniform with std 0.03 (cheaper than Gaussian, same effect here).
-    video += (rng.random(video.shape, dtype=np.float32) - 0.5) * np.float32(0.03 * 12 ** 0.5)
+    video += (rng.random(video.shape, dtype=np.float32) - 0.5) * np.float32(0.03 * 12**0.5)
     frames = np.clip(video * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return frames, mask.astype(np.float32)
 
@@ -257,15 +272,24 @@ def class_families(num_classes: int) -> list[str]:
 
 def _check_num_classes(num_classes: int) -> None:
     if not 1 <= int(num_classes) <= len(SYNTH_CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(SYNTH_CLASSES)} (the number of synthetic "
-                         f"class templates; combined motion x appearance classes are not generated), "
-                         f"got {num_classes}")
+        raise ValueError(
+            f"num_classes must be in 1..{len(SYNTH_CLASSES)} (the number of synthetic "
+            f"class templates; combined motion x appearance classes are not generated), "
+            f"got {num_classes}"
+        )
 
 
-def make_synthetic_dataset(out_dir: str, num_classes: int = 8, per_class: int = 20, seed: int = 0,
-                           num_frames: int = 48, size: int = 64, fps: int = 12,
-                           val_per_class: int | None = None,
-                           object_size: tuple[float, float] = (0.11, 0.16)) -> dict:
+def make_synthetic_dataset(
+    out_dir: str,
+    num_classes: int = 8,
+    per_class: int = 20,
+    seed: int = 0,
+    num_frames: int = 48,
+    size: int = 64,
+    fps: int = 12,
+    val_per_class: int | None = None,
+    object_size: tuple[float, float] = (0.11, 0.16),
+) -> dict:
     """Write ``videos/<class>/<i>.mp4`` plus ``train.txt``, ``val.txt``, ``classes.txt``.
 
     Train videos are indices 0..per_class-1, val videos follow them
@@ -284,8 +308,10 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, per_class: int = 
     if per_class < 1 or num_frames < 1 or seed < 0:
         raise ValueError("per_class and num_frames must be >= 1 and seed >= 0")
     if size < 32 or size % 2 or size in DECORD_BAD_WIDTHS:
-        raise ValueError(f"size must be an even number >= 32 and not in {sorted(DECORD_BAD_WIDTHS)} "
-                         f"(decord cannot read those widths), got {size}")
+        raise ValueError(
+            f"size must be an even number >= 32 and not in {sorted(DECORD_BAD_WIDTHS)} "
+            f"(decord cannot read those widths), got {size}"
+        )
     n_val = max(1, per_class // 4) if val_per_class is None else int(val_per_class)
     if n_val < 0:
         raise ValueError(f"val_per_class must be >= 0, got {val_per_class}")
@@ -304,9 +330,19 @@ def make_synthetic_dataset(out_dir: str, num_classes: int = 8, per_class: int = 
     write_classes(os.path.join(out_dir, "classes.txt"), names)
     families = class_families(num_classes)
     return {
-        "root": out_dir, "num_classes": num_classes, "classes": names, "families": families,
-        "motion_classes": families.count("motion"), "appearance_classes": families.count("appearance"),
-        "train": len(train), "val": len(val), "num_frames": num_frames, "size": size, "fps": fps,
-        "seed": seed, "object_size": list(object_size), "codec": video_codec(),
+        "root": out_dir,
+        "num_classes": num_classes,
+        "classes": names,
+        "families": families,
+        "motion_classes": families.count("motion"),
+        "appearance_classes": families.count("appearance"),
+        "train": len(train),
+        "val": len(val),
+        "num_frames": num_frames,
+        "size": size,
+        "fps": fps,
+        "seed": seed,
+        "object_size": list(object_size),
+        "codec": video_codec(),
         "seconds": round(time.perf_counter() - start, 3),
     }

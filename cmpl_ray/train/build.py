@@ -25,15 +25,22 @@ def param_groups(cfg: Config, nets: list[torch.nn.Module]) -> list[dict]:
     params = [p for net in nets for p in net.parameters()]
     if cfg.optim.decay_norm_bias:
         return [{"params": params}]
-    return [{"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
 
 
 def make_optimizer(cfg: Config, primary: torch.nn.Module, aux: torch.nn.Module | None) -> torch.optim.Optimizer:
     """ONE optimizer over both networks: Eq. 6 is one joint objective."""
     nets = [primary] + ([aux] if aux is not None else [])
-    return torch.optim.SGD(param_groups(cfg, nets), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    return torch.optim.SGD(
+        param_groups(cfg, nets),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        nesterov=cfg.optim.nesterov,
+    )
 
 
 def objective_kwargs(cfg: Config, lambda_u: float | None = None) -> dict:
@@ -42,6 +49,12 @@ def objective_kwargs(cfg: Config, lambda_u: float | None = None) -> dict:
     step when a warm-up schedules it (default: the configured one). Runtime arguments (``aux_stream``) are the
     caller's."""
     a = cfg.algo
-    return {"algo": a.name, "scheme": a.scheme, "threshold": a.threshold,
-            "lambda_u": a.lambda_u if lambda_u is None else lambda_u, "aux_supervised": a.aux_supervised,
-            "aux_unsupervised": a.aux_unsupervised, "bn_mode": a.bn_mode}
+    return {
+        "algo": a.name,
+        "scheme": a.scheme,
+        "threshold": a.threshold,
+        "lambda_u": a.lambda_u if lambda_u is None else lambda_u,
+        "aux_supervised": a.aux_supervised,
+        "aux_unsupervised": a.aux_unsupervised,
+        "bn_mode": a.bn_mode,
+    }

@@ -34,8 +34,12 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "python": random.getstate()[1],
     }
 
@@ -49,10 +53,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
-def save_checkpoint(directory: str | os.PathLike, *, primary: nn.Module, aux: nn.Module | None,
-                    optimizer: torch.optim.Optimizer, scaler: Any, epoch: int, global_step: int,
-                    config: dict[str, Any], metrics: dict[str, float], extra: dict[str, Any] | None = None,
-                    ema: Any = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    primary: nn.Module,
+    aux: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    epoch: int,
+    global_step: int,
+    config: dict[str, Any],
+    metrics: dict[str, float],
+    extra: dict[str, Any] | None = None,
+    ema: Any = None,
+) -> Path:
     """Write ``<directory>/checkpoint.pt`` atomically (tmp + rename) and return its path.
 
     ``ema`` (a :class:`~cmpl_ray.train.ema.WeightEma`) is stored under ``"ema"``: the averaged weights that
@@ -97,9 +111,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def restore(state: dict[str, Any], *, primary: nn.Module, aux: nn.Module | None,
-            optimizer: torch.optim.Optimizer | None = None, scaler: Any = None, rng: bool = True,
-            weights: str = "live") -> None:
+def restore(
+    state: dict[str, Any],
+    *,
+    primary: nn.Module,
+    aux: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+    rng: bool = True,
+    weights: str = "live",
+) -> None:
     """Load weights (and optimizer/scaler/RNG when given) from a loaded checkpoint state.
 
     weights: ``live`` = the trained weights (resuming); ``ema`` = the averaged weights when the checkpoint has

@@ -9,7 +9,8 @@ progress scrolled past. Quiet mode keeps Ray running as usual but sends what it 
   pipe (CI, ``ray job logs``, a redirected file) a plain step line at most every ``CMPL_PROGRESS_SECONDS``
   (default 30) plus each epoch's last step;
 * every line the workers ``say()`` (evaluations, skipped files, resumes) as it is;
-* an end summary: final metrics, where the files are, the ``cmpl-ray ui`` command (MLflow UI opened on the runs with their top-1 columns).
+* an end summary: final metrics, where the files are, the ``cmpl-ray ui`` command (the MLflow UI opened on the
+  runs with their top-1 columns).
 
 ``--verbose`` (or ``CMPL_VERBOSE=1``, for ``ray job submit``) leaves Ray's output alone and prints every step
 event as a plain line (a bar would be torn by Ray's interleaved lines). Nothing here imports Ray: the worker
@@ -27,7 +28,8 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 VERBOSE_ENV = "CMPL_VERBOSE"
 PERIOD_ENV = "CMPL_PROGRESS_SECONDS"
@@ -134,13 +136,22 @@ def filter_forwarded(dispatcher: Any, log_path: str | None, name: str = "ray_pri
 
 # ---- progress events: built by rank 0, rendered by the driver -------------------------------------------------
 
+
 def step_event(step: int, total: int, steps: int, epochs: int, stats: dict[str, float], eta_s: float) -> dict:
     """A step event (global ``step`` of ``total``; ``steps`` per epoch) with the loss, lr, mask rates, clips/s."""
-    return {"kind": "step", "step": int(step), "total": int(total), "steps": int(steps), "epochs": int(epochs),
-            "epoch": (int(step) - 1) // max(1, int(steps)) + 1, "loss": float(stats.get("loss", float("nan"))),
-            "lr": float(stats.get("lr", float("nan"))), "clips_per_s": float(stats.get("clips_per_s", 0.0)),
-            "mask": {k[len("mask_rate_"):]: float(v) for k, v in stats.items() if k.startswith("mask_rate_")},
-            "eta_s": float(eta_s)}
+    return {
+        "kind": "step",
+        "step": int(step),
+        "total": int(total),
+        "steps": int(steps),
+        "epochs": int(epochs),
+        "epoch": (int(step) - 1) // max(1, int(steps)) + 1,
+        "loss": float(stats.get("loss", float("nan"))),
+        "lr": float(stats.get("lr", float("nan"))),
+        "clips_per_s": float(stats.get("clips_per_s", 0.0)),
+        "mask": {k[len("mask_rate_") :]: float(v) for k, v in stats.items() if k.startswith("mask_rate_")},
+        "eta_s": float(eta_s),
+    }
 
 
 def _mask(ev: dict) -> str:
@@ -149,9 +160,14 @@ def _mask(ev: dict) -> str:
 
 def format_step(ev: dict) -> str:
     """The plain step line (pipes, --verbose, and workers without a board)."""
-    parts = [f"[cmpl-ray] epoch {ev['epoch']}/{ev['epochs']} step {ev['step']}/{ev['total']}",
-             f"loss {ev['loss']:.4f}", f"lr {ev['lr']:.4g}", _mask(ev), f"clips/s {ev['clips_per_s']:.1f}",
-             f"eta {ev['eta_s'] / 60:.1f} min"]
+    parts = [
+        f"[cmpl-ray] epoch {ev['epoch']}/{ev['epochs']} step {ev['step']}/{ev['total']}",
+        f"loss {ev['loss']:.4f}",
+        f"lr {ev['lr']:.4g}",
+        _mask(ev),
+        f"clips/s {ev['clips_per_s']:.1f}",
+        f"eta {ev['eta_s'] / 60:.1f} min",
+    ]
     return " ".join(p for p in parts if p)
 
 
@@ -173,8 +189,14 @@ class ProgressBoard:
 class Console:
     """Renders progress events on ``stream``: a tqdm bar per epoch when ``bar``, else plain lines."""
 
-    def __init__(self, stream: Any = None, *, bar: bool | None = None, every_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        stream: Any = None,
+        *,
+        bar: bool | None = None,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.stream = stream if stream is not None else sys.stdout
         self.bar = (interactive(self.stream) and not verbose()) if bar is None else bar
         if every_s is None:
@@ -211,11 +233,24 @@ class Console:
             # a pty without a size (0 x 0) would hide the bar: tqdm draws none beyond the screen's height
             size = shutil.get_terminal_size((0, 0))
             sized = size.columns > 0 and size.lines > 0
-            self._bar = tqdm(total=ev["steps"], desc=f"epoch {ev['epoch']}/{ev['epochs']}", unit="step",
-                             file=self.stream, dynamic_ncols=sized, nrows=None if sized else 24, leave=True,
-                             initial=in_epoch, bar_format=BAR)  # initial: steps/s counted from here
+            self._bar = tqdm(
+                total=ev["steps"],
+                desc=f"epoch {ev['epoch']}/{ev['epochs']}",
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=sized,
+                nrows=None if sized else 24,
+                leave=True,
+                initial=in_epoch,
+                bar_format=BAR,
+            )  # initial: steps/s counted from here
             self._bar_epoch = ev["epoch"]
-        post = [f"loss {ev['loss']:.3f}", _mask(ev), f"{ev['clips_per_s']:.1f} clips/s", f"run eta {ev['eta_s'] / 60:.1f} min"]
+        post = [
+            f"loss {ev['loss']:.3f}",
+            _mask(ev),
+            f"{ev['clips_per_s']:.1f} clips/s",
+            f"run eta {ev['eta_s'] / 60:.1f} min",
+        ]
         self._bar.set_postfix_str(" | ".join(p for p in post if p), refresh=False)
         if in_epoch > self._bar.n:
             self._bar.update(in_epoch - self._bar.n)
@@ -240,7 +275,7 @@ class Poller:
         self._thread = threading.Thread(target=self._run, name="cmpl-progress", daemon=True)
         self.failures = 0
 
-    def start(self) -> "Poller":
+    def start(self) -> Poller:
         self._thread.start()
         return self
 
@@ -270,33 +305,43 @@ class Poller:
 
 # ---- end summary ----------------------------------------------------------------------------------------------
 
+
 def _pct(m: dict, key: str) -> str:
     v = m.get(key)
     return f"{float(v):.2f}%" if isinstance(v, (int, float)) and not math.isnan(float(v)) else "-"
 
 
-def summary_lines(m: dict[str, Any], wall: float, out_dir: str, run_id: str | None, ui: str | None,
-                  ray_log: str | None = None) -> list[str]:
+def summary_lines(
+    m: dict[str, Any], wall: float, out_dir: str, run_id: str | None, ui: str | None, ray_log: str | None = None
+) -> list[str]:
     """The end summary. The first line is the one-line result ("done in ...: val top1 ...%", kept verbatim for
     logs and scripts that grep it); then a table of final metrics, the files, and how to browse the MLflow run."""
     nan = float("nan")
-    lines = [f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {m.get('val_top1', nan):.2f}% "
-             f"top5 {m.get('val_top5', nan):.2f}% mean-class {m.get('val_mean_class_acc', nan):.2f}%"
-             + (f", aux top1 {m['aux_val_top1']:.2f}%" if "aux_val_top1" in m else "")
-             + f"; skipped samples {m.get('skipped_samples', 0)}"]
+    lines = [
+        f"[cmpl-ray] done in {wall / 60:.1f} min: val top1 {m.get('val_top1', nan):.2f}% "
+        f"top5 {m.get('val_top5', nan):.2f}% mean-class {m.get('val_mean_class_acc', nan):.2f}%"
+        + (f", aux top1 {m['aux_val_top1']:.2f}%" if "aux_val_top1" in m else "")
+        + f"; skipped samples {m.get('skipped_samples', 0)}"
+    ]
     aux = "aux_val_top1" in m
-    rows = [("", "primary", "aux" if aux else ""), ("val top-1", _pct(m, "val_top1"), _pct(m, "aux_val_top1") if aux else ""),
-            ("val top-5", _pct(m, "val_top5"), _pct(m, "aux_val_top5") if aux else ""),
-            ("val mean-class", _pct(m, "val_mean_class_acc"), _pct(m, "aux_val_mean_class_acc") if aux else ""),
-            ("best val top-1", _pct(m, "val_top1_best"), "")]
+    rows = [
+        ("", "primary", "aux" if aux else ""),
+        ("val top-1", _pct(m, "val_top1"), _pct(m, "aux_val_top1") if aux else ""),
+        ("val top-5", _pct(m, "val_top5"), _pct(m, "aux_val_top5") if aux else ""),
+        ("val mean-class", _pct(m, "val_mean_class_acc"), _pct(m, "aux_val_mean_class_acc") if aux else ""),
+        ("best val top-1", _pct(m, "val_top1_best"), ""),
+    ]
     lines += [f"  {a:<16}{b:>9}  {c:>9}".rstrip() for a, b, c in rows]
     hist = m.get("history") or []
     ep = int(hist[-1].get("epoch", 0)) if hist else m.get("epochs", "?")
-    lines.append(f"  {'epochs':<16}{ep!s:>9}   skipped samples {m.get('skipped_samples', 0)}, "
-                 f"restarts {m.get('restarts', 0)}")
+    lines.append(
+        f"  {'epochs':<16}{ep!s:>9}   skipped samples {m.get('skipped_samples', 0)}, restarts {m.get('restarts', 0)}"
+    )
     if m.get("files_read_by_pyav"):  # files decord cannot open (e.g. AV1), read by PyAV: slower, not lost
-        lines.append(f"  decoders    decord read {m.get('files_read_by_decord', 0)} training videos, PyAV "
-                     f"{m['files_read_by_pyav']}")
+        lines.append(
+            f"  decoders    decord read {m.get('files_read_by_decord', 0)} training videos, PyAV "
+            f"{m['files_read_by_pyav']}"
+        )
     lines.append(f"  results     {out_dir}  (metrics.json, config.yaml, per_class.csv, plots)")
     lines.append(f"  checkpoint  {m.get('best_checkpoint')}")
     if ray_log:

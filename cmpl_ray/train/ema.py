@@ -35,8 +35,12 @@ class WeightEma:
         self.nets = [copy.deepcopy(n).eval().requires_grad_(False) if n is not None else None for n in src]
         # state_dict() tensors share storage with the modules' parameters and buffers (load_state_dict copies in
         # place), so the pairs are collected once and each step is one fused foreach op, not a dict walk per net
-        pairs = [(e, s) for m, n in zip(self.nets, src) if n is not None
-                 for e, s in zip(m.state_dict().values(), n.state_dict().values())]
+        pairs = [
+            (e, s)
+            for m, n in zip(self.nets, src)
+            if n is not None
+            for e, s in zip(m.state_dict().values(), n.state_dict().values())
+        ]
         floats = [(e, s) for e, s in pairs if e.dtype.is_floating_point]
         self._float = ([e for e, _ in floats], [s for _, s in floats])
         self._other = [(e, s) for e, s in pairs if not e.dtype.is_floating_point]
@@ -56,8 +60,11 @@ class WeightEma:
             e.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates,
-                "nets": [n.state_dict() if n is not None else None for n in self.nets]}
+        return {
+            "decay": self.decay,
+            "updates": self.updates,
+            "nets": [n.state_dict() if n is not None else None for n in self.nets],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])

@@ -5,13 +5,13 @@ Why: Ray Train V2 restores a run by ``name`` + ``storage_path`` alone. Re-runnin
 ``algo.name`` changed used to restore the finished supervised run and report its numbers as FixMatch's, or
 die half-way in the checkpoint loader; the MLflow run, found by the same two tags, collected all three.
 
-The identity of a run is its resolved config (after ``resolve_data``: the derived crop and short sides are
-in it) minus the keys that may change between attempts without changing what is trained
-(:data:`VOLATILE_PREFIXES`, :data:`VOLATILE_KEYS`), plus a digest of the three list files' contents (a re-split under the same path is a
-different run). Its fingerprint (sha256, 16 hex) is written to ``<storage>/<run.name>/cmpl-run.json``
-before any training, into every checkpoint and as the MLflow tag ``cmpl.fingerprint``. That file also holds
-a random ``uid`` per attempt (the MLflow run is found by it, so ``--fresh`` starts a new MLflow run) and,
-once the last epoch is done, the final metrics (an identical re-run prints them instead of training).
+The identity of a run is its resolved config (after ``resolve_data``: the derived crop and short sides are in
+it) minus the keys that may change between attempts without changing what is trained (:data:`VOLATILE_PREFIXES`,
+:data:`VOLATILE_KEYS`), plus a digest of the three list files' contents (a re-split under the same path is a
+different run). Its fingerprint (sha256, 16 hex) is written to ``<storage>/<run.name>/cmpl-run.json`` before any
+training, into every checkpoint and as the MLflow tag ``cmpl.fingerprint``. That file also holds a random
+``uid`` per attempt (the MLflow run is found by it, so ``--fresh`` starts a new MLflow run) and, once the last
+epoch is done, the final metrics (an identical re-run prints them instead of training).
 
 ``train.epochs`` is part of the identity: the LR schedule (cosine over all steps) and the step count per
 round (``train.passes``) depend on it, so "extending" a run would not give the run the new config describes.
@@ -24,15 +24,27 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from ..data.lists import _read_text as _read_list_text, _write_text as _write_list_text
+from ..data.lists import _read_text as _read_list_text
+from ..data.lists import _write_text as _write_list_text
 
 FILE = "cmpl-run.json"
 VOLATILE_PREFIXES = ("run.", "tracking.")
-VOLATILE_KEYS = frozenset({"train.log_every", "train.cpus_per_worker", "train.threads_per_worker",
-                           "train.max_bad_steps", "train.aux_stream", "data.decode_actors", "data.cpus_per_decoder",
-                           "data.decode_timeout_s", "data.val_decode"})
+VOLATILE_KEYS = frozenset(
+    {
+        "train.log_every",
+        "train.cpus_per_worker",
+        "train.threads_per_worker",
+        "train.max_bad_steps",
+        "train.aux_stream",
+        "data.decode_actors",
+        "data.cpus_per_decoder",
+        "data.decode_timeout_s",
+        "data.val_decode",
+    }
+)
 """Changing these changes where results go or how fast they come, not what is trained (a run may move to a
 bigger machine or get more decoders and still resume: a clip depends on its row's key, not on its decoder,
 see cmpl_ray/data/epochs.py). ``data.decode_batch`` is not among them: it sets the block size that
@@ -55,8 +67,7 @@ def lists_digest(*lists: Iterable[Any]) -> str:
 
 def identity(flat_cfg: dict[str, Any], digest: str | None = None) -> dict[str, Any]:
     """The keys that define what a run trains (``Config.flat()`` minus :data:`VOLATILE_*`), JSON-normalised."""
-    out = {k: v for k, v in flat_cfg.items()
-           if not k.startswith(VOLATILE_PREFIXES) and k not in VOLATILE_KEYS}
+    out = {k: v for k, v in flat_cfg.items() if not k.startswith(VOLATILE_PREFIXES) and k not in VOLATILE_KEYS}
     if digest is not None:
         out["data.lists_digest"] = digest
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # tuples -> lists, as a file round-trip gives
@@ -102,8 +113,10 @@ def _has_checkpoints(d: str) -> bool:
 
 
 def _way_out(name: str) -> str:
-    return (f"either give this run its own name (--set run.name={name}-2) or start it over with --fresh "
-            f"(the old run's folder is kept, renamed)")
+    return (
+        f"either give this run its own name (--set run.name={name}-2) or start it over with --fresh "
+        f"(the old run's folder is kept, renamed)"
+    )
 
 
 def check(store: str, name: str, ident: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,22 +127,32 @@ def check(store: str, name: str, ident: dict[str, Any]) -> dict[str, Any] | None
     text = read_text(f"{d}/{FILE}")
     if text is None:
         if _has_checkpoints(d):
-            raise RunMismatch(f"run {name!r} in {store} has checkpoints but no {FILE} (an older cmpl-ray made it), so "
-                              f"its config cannot be checked against this one; {_way_out(name)}")
+            raise RunMismatch(
+                f"run {name!r} in {store} has checkpoints but no {FILE} (an older cmpl-ray made it), so "
+                f"its config cannot be checked against this one; {_way_out(name)}"
+            )
         return None
     rec = json.loads(text)
     if rec.get("fingerprint") != fingerprint(ident):
         changes = diff(rec.get("identity", {}), ident)
-        raise RunMismatch(f"run {name!r} in {store} was trained with another config ({len(changes)} key(s) differ: "
-                          + "; ".join(changes[:12]) + (" ..." if len(changes) > 12 else "")
-                          + f"); refusing to resume or report it as this config's run; {_way_out(name)}")
+        raise RunMismatch(
+            f"run {name!r} in {store} was trained with another config ({len(changes)} key(s) differ: "
+            + "; ".join(changes[:12])
+            + (" ..." if len(changes) > 12 else "")
+            + f"); refusing to resume or report it as this config's run; {_way_out(name)}"
+        )
     return rec
 
 
 def begin(store: str, name: str, ident: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
     """Write (or keep) the run's record before training; returns it (``uid`` identifies the MLflow run)."""
-    rec = record or {"fingerprint": fingerprint(ident), "identity": ident, "uid": uuid.uuid4().hex[:12],
-                     "created": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running"}
+    rec = record or {
+        "fingerprint": fingerprint(ident),
+        "identity": ident,
+        "uid": uuid.uuid4().hex[:12],
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "status": "running",
+    }
     if record is None:
         write_text(f"{run_dir(store, name)}/{FILE}", json.dumps(rec, indent=1, sort_keys=True))
     return rec
@@ -137,8 +160,12 @@ def begin(store: str, name: str, ident: dict[str, Any], record: dict[str, Any] |
 
 def complete(store: str, name: str, rec: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Mark the run complete with its final metrics (an identical re-run prints them instead of training)."""
-    rec = {**rec, "status": "complete", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "metrics": json.loads(json.dumps(metrics, default=str))}
+    rec = {
+        **rec,
+        "status": "complete",
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": json.loads(json.dumps(metrics, default=str)),
+    }
     write_text(f"{run_dir(store, name)}/{FILE}", json.dumps(rec, indent=1, sort_keys=True))
 
 
@@ -165,9 +192,14 @@ def check_checkpoint(state: dict[str, Any], ident: dict[str, Any], where: str) -
     old = (state.get("extra") or {}).get("identity")
     if old is None:  # written before identities existed: compare what its config says
         cfg = state.get("config") or {}
-        old = identity({f"{s}.{k}": v for s, sec in cfg.items() if isinstance(sec, dict) for k, v in sec.items()},
-                       ident.get("data.lists_digest"))
+        old = identity(
+            {f"{s}.{k}": v for s, sec in cfg.items() if isinstance(sec, dict) for k, v in sec.items()},
+            ident.get("data.lists_digest"),
+        )
     if fingerprint(old) != fingerprint(ident):
         changes = diff(old, ident)
-        raise RunMismatch(f"{where}: the checkpoint was trained with another config ({len(changes)} key(s) differ: "
-                          + "; ".join(changes[:12]) + "); refusing to resume it under this config")
+        raise RunMismatch(
+            f"{where}: the checkpoint was trained with another config ({len(changes)} key(s) differ: "
+            + "; ".join(changes[:12])
+            + "); refusing to resume it under this config"
+        )

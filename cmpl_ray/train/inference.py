@@ -13,8 +13,8 @@ from ..config import Config, from_dict
 from ..data.lists import read_list
 from ..data.pipeline import ERR_CODES, iter_val_batches, val_decoder
 from . import checkpoint as ckpt
-from .loop import evaluate, normalize, summarize_eval
 from .build import build_networks
+from .loop import evaluate, normalize, summarize_eval
 
 
 def load_models(path: str) -> tuple[Config, torch.nn.Module, torch.nn.Module | None, list[str]]:

@@ -17,8 +17,16 @@ from typing import Any
 
 from ..config import Config
 from ..data.epochs import start_clock
-from ..data.pipeline import (build_train_dataset, build_val_dataset, class_names, read_split_lists, resolve_data,
-                             resolve_flip_map, steps_per_epoch, val_decode_mode)
+from ..data.pipeline import (
+    build_train_dataset,
+    build_val_dataset,
+    class_names,
+    read_split_lists,
+    resolve_data,
+    resolve_flip_map,
+    steps_per_epoch,
+    val_decode_mode,
+)
 from . import attempts, console, identity, mlflow_run, results, tracking
 
 
@@ -27,7 +35,7 @@ def storage_path(cfg: Config) -> str:
     if cfg.run.storage_path:
         p = cfg.run.storage_path
         return p if "://" in p else str(Path(p).resolve())
-    return str((Path(cfg.run.output_dir).resolve().parent / "ray_results"))
+    return str(Path(cfg.run.output_dir).resolve().parent / "ray_results")
 
 
 _STATE_API: dict[str, bool | None] = {"served": None}  # None: not known (Ray was not started here)
@@ -75,8 +83,9 @@ def _trainer_class():
 
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self):
-            return [c for c in super()._create_default_callbacks()
-                    if type(c).__name__ != "PlacementGroupCleanerCallback"]
+            return [
+                c for c in super()._create_default_callbacks() if type(c).__name__ != "PlacementGroupCleanerCallback"
+            ]
 
     return Trainer
 
@@ -109,17 +118,26 @@ def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
             return
         except (BadVideo, OSError) as e:
             errors.append(f"{it.path}: {getattr(e, 'reason', e)}")
-    raise RuntimeError(f"data.{what}: none of {len(probes)} sampled videos could be opened under data.root="
-                       f"{cfg.data.root!r}; first errors: {errors[:3]}")
+    raise RuntimeError(
+        f"data.{what}: none of {len(probes)} sampled videos could be opened under data.root="
+        f"{cfg.data.root!r}; first errors: {errors[:3]}"
+    )
 
 
-def _say_done(metrics: dict[str, Any], wall: float, out_dir: str, run_id: str | None, uri: str,
-              brief: bool = False) -> None:
+def _say_done(
+    metrics: dict[str, Any], wall: float, out_dir: str, run_id: str | None, uri: str, brief: bool = False
+) -> None:
     """The end summary (:func:`~cmpl_ray.train.console.summary_lines`); ``brief``: its first line only (a Tune
     trial: the sweep prints its own summary)."""
     log = os.path.join(out_dir, console.LOG_NAME)
-    lines = console.summary_lines(metrics, wall, out_dir, run_id, tracking.ui_command(uri),
-                                  log if console.quiet() and os.path.exists(log) else None)
+    lines = console.summary_lines(
+        metrics,
+        wall,
+        out_dir,
+        run_id,
+        tracking.ui_command(uri),
+        log if console.quiet() and os.path.exists(log) else None,
+    )
     for line in lines[:1] if brief else lines:
         print(line, flush=True)
 
@@ -140,9 +158,16 @@ def _is_complete(metrics: dict[str, Any], epochs: int) -> bool:
     return bool(hist) and int(hist[-1].get("epoch", 0)) >= epochs
 
 
-def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-                 callbacks: list | None = None, verbose: bool = True, fresh: bool = False,
-                 live: bool = True) -> dict[str, Any]:
+def run_training(
+    cfg: Config,
+    *,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    callbacks: list | None = None,
+    verbose: bool = True,
+    fresh: bool = False,
+    live: bool = True,
+) -> dict[str, Any]:
     """Train with Ray Train and return the final metrics (also in ``<run.output_dir>/metrics.json``).
 
     ``live``: rank 0's progress is pushed to a board actor and rendered here (a bar per epoch on a terminal,
@@ -189,11 +214,17 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     if record is not None and record.get("status") == "complete":
         done = {**record.get("metrics", {}), "already_complete": True}
         if verbose:
-            print(f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint {fp}, "
-                  f"finished {record.get('finished')}); not training again. Its result:", flush=True)
-            _say_done(done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri,
-                      brief=not live)
-            print("[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True)
+            print(
+                f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint {fp}, "
+                f"finished {record.get('finished')}); not training again. Its result:",
+                flush=True,
+            )
+            _say_done(
+                done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri, brief=not live
+            )
+            print(
+                "[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True
+            )
         return done
     record = identity.begin(store, cfg.run.name, ident, record)
     ensure_ray(log_file=os.path.join(out_dir, console.LOG_NAME))
@@ -201,8 +232,11 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
 
     counter = attempts.start_counter()  # worker-group starts: restarts counted exactly (cmpl_ray.train.attempts)
     clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
-    datasets = {"train": build_train_dataset(cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock,
-                                             epochs=cfg.train.epochs)}
+    datasets = {
+        "train": build_train_dataset(
+            cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock, epochs=cfg.train.epochs
+        )
+    }
     val_mode = val_decode_mode(cfg, len(val), world)  # worker: each rank decodes its val share, no pool per eval
     if val_mode == "ray_data":
         datasets["val"] = build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)
@@ -211,49 +245,83 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     run_id = None
     if cfg.tracking.enabled:
         # found by the attempt's uid (new with every fresh start): a changed config never continues this run
-        tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": store, "cmpl.run_uid": record["uid"],
-                "cmpl.fingerprint": fp, **(extra_tags or {})}
+        tags = {
+            "cmpl.run_name": cfg.run.name,
+            "cmpl.storage_path": store,
+            "cmpl.run_uid": record["uid"],
+            "cmpl.fingerprint": fp,
+            **(extra_tags or {}),
+        }
         run_id = mlflow_run.find_run(uri, cfg.tracking.experiment, tags)
         if run_id is None:
-            params = {**cfg.flat(), "derived.fingerprint": fp, "derived.steps_per_epoch": steps, "derived.num_classes": num_classes,
-                      "derived.num_labeled": len(labeled), "derived.num_unlabeled": len(unlabeled),
-                      "derived.num_val": len(val), "derived.val_decode": val_mode}
+            params = {
+                **cfg.flat(),
+                "derived.fingerprint": fp,
+                "derived.steps_per_epoch": steps,
+                "derived.num_classes": num_classes,
+                "derived.num_labeled": len(labeled),
+                "derived.num_unlabeled": len(unlabeled),
+                "derived.num_val": len(val),
+                "derived.val_decode": val_mode,
+            }
             run_id = mlflow_run.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
             mlflow_run.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs
         elif verbose:
-            print(f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
-                  f"{run_id}", flush=True)
+            print(
+                f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
+                f"{run_id}",
+                flush=True,
+            )
     if verbose:
-        print(f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
-              f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
-              f"{steps} steps/epoch x {cfg.train.epochs} epochs; evaluation decoded "
-              f"{'in the workers' if val_mode == 'worker' else 'by Ray Data'}", flush=True)
+        print(
+            f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
+            f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
+            f"{steps} steps/epoch x {cfg.train.epochs} epochs; evaluation decoded "
+            f"{'in the workers' if val_mode == 'worker' else 'by Ray Data'}",
+            flush=True,
+        )
 
     relay = None
     if run_id:  # rank 0 logs through an actor on the head node, where the store is reachable (see relay.py)
         from .relay import start_relay
 
         relay = start_relay(uri)
-    loop_config = {"cfg": cfg.to_dict(), "num_classes": num_classes, "class_names": names, "steps": steps,
-                   "run_id": run_id, "tracking_uri": uri, "output_dir": out_dir, "mlflow_relay": relay,
-                   "identity": ident, "epoch_clock": clock, "attempts": counter,
-                   "run_folder": identity.run_dir(store, cfg.run.name),
-                   # read here, where the path is; every rank gets it from the object store on any node
-                   "resume_state": ray.put(resume_state) if resume_state is not None else None,
-                   "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]},
-                   "val_decode": val_mode, "val_items": [(it.path, it.label) for it in val] if val_mode == "worker" else None}
+    loop_config = {
+        "cfg": cfg.to_dict(),
+        "num_classes": num_classes,
+        "class_names": names,
+        "steps": steps,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "output_dir": out_dir,
+        "mlflow_relay": relay,
+        "identity": ident,
+        "epoch_clock": clock,
+        "attempts": counter,
+        "run_folder": identity.run_dir(store, cfg.run.name),
+        # read here, where the path is; every rank gets it from the object store on any node
+        "resume_state": ray.put(resume_state) if resume_state is not None else None,
+        "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]},
+        "val_decode": val_mode,
+        "val_items": [(it.path, it.label) for it in val] if val_mode == "worker" else None,
+    }
     board = _start_board() if live and verbose else None
     loop_config["progress_board"] = board
     trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=world, use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+        ),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=store, callbacks=callbacks or None,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                               checkpoint_score_attribute=CHECKPOINT_SCORE,
-                                               checkpoint_score_order="max"),
+            name=cfg.run.name,
+            storage_path=store,
+            callbacks=callbacks or None,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints,
+                checkpoint_score_attribute=CHECKPOINT_SCORE,
+                checkpoint_score_order="max",
+            ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets=datasets,
@@ -278,9 +346,13 @@ def run_training(cfg: Config, *, parent_run_id: str | None = None, extra_tags: d
     results.download(identity.run_dir(store, cfg.run.name), out_dir)
     metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
     best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")  # an evaluated epoch's (worker.CHECKPOINT_SCORE)
-    metrics.update(wall_seconds=wall, best_checkpoint=best.path if best else None,
-                   latest_checkpoint=result.checkpoint.path if result.checkpoint else None, fingerprint=fp,
-                   mlflow_run_id=run_id)
+    metrics.update(
+        wall_seconds=wall,
+        best_checkpoint=best.path if best else None,
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        fingerprint=fp,
+        mlflow_run_id=run_id,
+    )
     tracking.write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
     if run_id:  # best checkpoint folder + MLflow model "primary"; tracking trouble never fails a finished run
         from .mlflow_model import publish_best

@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import Config
 from ..data.epochs import epoch_rows, row_keys
-from ..data.pipeline import (ClipDecoder, _pairs, class_names, iter_val_batches, read_split_lists, resolve_data,
-                             resolve_flip_map, steps_per_epoch)
+from ..data.pipeline import (
+    ClipDecoder,
+    _pairs,
+    class_names,
+    iter_val_batches,
+    read_split_lists,
+    resolve_data,
+    resolve_flip_map,
+    steps_per_epoch,
+)
 from .build import build_networks, make_optimizer
 from .ema import WeightEma
 from .loop import evaluate, per_class_accuracy, pseudo_label_per_class, summarize_eval, train_one_epoch
@@ -61,8 +70,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", threads: int = 0,
-              log: Callable[[str], None] | None = print) -> dict[str, Any]:
+def run_local(
+    cfg: Config,
+    *,
+    loader_workers: int = 1,
+    device: str = "cpu",
+    threads: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
     """Train ``cfg`` and evaluate every ``train.eval_every`` epochs; returns the final metrics with a per-epoch
     ``history`` and ``per_class`` top-1 (primary, and auxiliary for CMPL). ``device``: see :func:`resolve_device`."""
     labeled, unlabeled, val = read_split_lists(cfg)
@@ -88,9 +103,18 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     scaler = torch.amp.GradScaler("cuda") if on_gpu and cfg.train.amp == "fp16" else None
     optimizer = make_optimizer(cfg, primary, aux)
     ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, cfg.train.seed,
-                      _pairs(labeled, cfg.data.root), _pairs(unlabeled, cfg.data.root) if semi else None, ratio,
-                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names), one_thread=False)
+    dec = ClipDecoder(
+        "train",
+        dataclasses.asdict(cfg.data),
+        k,
+        cfg.uses_aux,
+        cfg.train.seed,
+        _pairs(labeled, cfg.data.root),
+        _pairs(unlabeled, cfg.data.root) if semi else None,
+        ratio,
+        flip_map=resolve_flip_map(cfg.data.flip_label_map, names),
+        one_thread=False,
+    )
     total = steps * cfg.train.epochs
     history: list[dict[str, float]] = []
     counts = None
@@ -98,11 +122,28 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
     for epoch in range(cfg.train.epochs):
         rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, steps * b_l, ratio, [cfg.train.seed, epoch])
         keys = row_keys(epoch, np.arange(len(rows)))  # the Ray Train path keys its rows the same way
-        loader = torch.utils.data.DataLoader(StepBatches(dec, rows, keys, b_l), batch_size=None,
-                                             num_workers=loader_workers, prefetch_factor=4 if loader_workers else None,
-                                             worker_init_fn=_worker_init if loader_workers else None, pin_memory=on_gpu)
-        res = train_one_epoch(primary, aux, optimizer, loader, cfg, epoch=epoch, steps=steps,
-                              global_step=epoch * steps, total_steps=total, device=dev, scaler=scaler, ema=ema)
+        loader = torch.utils.data.DataLoader(
+            StepBatches(dec, rows, keys, b_l),
+            batch_size=None,
+            num_workers=loader_workers,
+            prefetch_factor=4 if loader_workers else None,
+            worker_init_fn=_worker_init if loader_workers else None,
+            pin_memory=on_gpu,
+        )
+        res = train_one_epoch(
+            primary,
+            aux,
+            optimizer,
+            loader,
+            cfg,
+            epoch=epoch,
+            steps=steps,
+            global_step=epoch * steps,
+            total_steps=total,
+            device=dev,
+            scaler=scaler,
+            ema=ema,
+        )
         row = {f"train_{n}": v for n, v in res.means.items()}
         row.update(epoch=epoch + 1, epoch_seconds=res.seconds, skipped_samples=len(res.bad_samples))
         for net, c in res.pl_counts.items():  # this round's pseudo-labels per class (lists, not scalars)
@@ -115,8 +156,10 @@ def run_local(cfg: Config, *, loader_workers: int = 1, device: str = "cpu", thre
         if log:
             ev = f" val top1 {row['val_top1']:.1f}" if "val_top1" in row else ""
             ev += f" aux {row['aux_val_top1']:.1f}" if "aux_val_top1" in row else ""
-            log(f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
-                f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)")
+            log(
+                f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
+                f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)"
+            )
     final = {k: v for k, v in history[-1].items() if not k.startswith("pl_per_class_")}
     final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names, device=str(dev))
     if counts is not None:

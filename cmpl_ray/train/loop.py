@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -127,8 +127,11 @@ def train_one_epoch(
     use_amp = cfg.train.amp != "none" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
     channels_last = cfg.train.channels_last and device.type == "cuda"
-    aux_stream = (torch.cuda.Stream(device) if cfg.train.aux_stream and device.type == "cuda" and aux is not None
-                  and cfg.algo.name == "cmpl" else None)
+    aux_stream = (
+        torch.cuda.Stream(device)
+        if cfg.train.aux_stream and device.type == "cuda" and aux is not None and cfg.algo.name == "cmpl"
+        else None
+    )
     bad_in_a_row = 0
     t0 = time.perf_counter()
     window_t, window_clips = t0, 0
@@ -146,8 +149,9 @@ def train_one_epoch(
             if k in batch:
                 x[k] = batch[k].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, stats = compute_objective(primary, aux, x, **objective_kwargs(cfg, lambda_u=lam),
-                                            aux_stream=aux_stream)
+            loss, stats = compute_objective(
+                primary, aux, x, **objective_kwargs(cfg, lambda_u=lam), aux_stream=aux_stream
+            )
         optimizer.zero_grad(set_to_none=True)
         if _any_nonfinite(loss):
             res.skipped_steps += 1
@@ -155,7 +159,8 @@ def train_one_epoch(
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise NonFiniteLossError(
                     f"{bad_in_a_row} consecutive non-finite losses at epoch {epoch} step {step} "
-                    f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower optim.lr or enable optim.grad_clip")
+                    f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower optim.lr or enable optim.grad_clip"
+                )
             continue
         bad_in_a_row = 0
         if scaler is not None:
@@ -178,7 +183,7 @@ def train_one_epoch(
         res.steps += 1
         for k in [k for k in stats if k.startswith(PL_COUNTS)]:  # per-class pseudo-label counts: summed
             c = stats.pop(k).detach()
-            net = k[len(PL_COUNTS):]
+            net = k[len(PL_COUNTS) :]
             res.pl_counts[net] = res.pl_counts[net] + c if net in res.pl_counts else c
         # one device->host copy for all statistics (a float() per entry would sync the GPU ~15 times a step)
         stats = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
@@ -279,5 +284,8 @@ def pseudo_label_per_class(counts: Tensor) -> dict[str, list[float]]:
     def ratio(a: Tensor, b: Tensor) -> list[float]:
         return [100.0 * float(x / y) if y > 0 else float("nan") for x, y in zip(a, b)]
 
-    return {"mask_rate": ratio(c[:, 1], c[:, 0]), "precision": ratio(c[:, 2], c[:, 3]),
-            "recall": ratio(c[:, 2], c[:, 0])}
+    return {
+        "mask_rate": ratio(c[:, 1], c[:, 0]),
+        "precision": ratio(c[:, 2], c[:, 3]),
+        "recall": ratio(c[:, 2], c[:, 0]),
+    }

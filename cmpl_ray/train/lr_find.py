@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..algorithm import compute_objective
 from ..config import Config
-from ..data.pipeline import ClipDecoder, _pairs, class_names, epoch_rows, read_split_lists, resolve_data, resolve_flip_map
+from ..data.pipeline import (
+    ClipDecoder,
+    _pairs,
+    class_names,
+    epoch_rows,
+    read_split_lists,
+    resolve_data,
+    resolve_flip_map,
+)
 from .build import build_networks, make_optimizer, objective_kwargs
 from .local import StepBatches, _worker_init
 from .loop import normalize
@@ -44,7 +53,11 @@ def analyse(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict[st
         avg = beta * avg + (1 - beta) * loss
         sm.append(avg / (1 - beta ** (i + 1)))
     i_min = int(np.argmin(sm))
-    out = {"lr_min_loss": float(lrs[i_min]), "min_smoothed_loss": float(sm[i_min]), "suggested_lr": float(lrs[i_min]) / 10}
+    out = {
+        "lr_min_loss": float(lrs[i_min]),
+        "min_smoothed_loss": float(sm[i_min]),
+        "suggested_lr": float(lrs[i_min]) / 10,
+    }
     if i_min >= 2:
         grad = np.gradient(np.asarray(sm[: i_min + 1]), np.log(np.asarray(lrs[: i_min + 1])))
         out["lr_steepest"] = float(lrs[int(np.argmin(grad))])
@@ -52,9 +65,18 @@ def analyse(lrs: list[float], losses: list[float], beta: float = 0.9) -> dict[st
     return out
 
 
-def lr_range_test(cfg: Config, *, start: float = 1e-4, end: float = 10.0, steps: int = 200, diverge: float = 4.0,
-                  loader_workers: int = 1, threads: int = 0, seed: int | None = None,
-                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
+def lr_range_test(
+    cfg: Config,
+    *,
+    start: float = 1e-4,
+    end: float = 10.0,
+    steps: int = 200,
+    diverge: float = 4.0,
+    loader_workers: int = 1,
+    threads: int = 0,
+    seed: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
     """Run the test; returns ``lrs``, ``losses``, ``smoothed`` and :func:`analyse`'s estimates. Stops early once
     the smoothed loss exceeds ``diverge`` x its minimum (after 10 steps)."""
     cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, name="supervised"))  # labeled clips only
@@ -71,12 +93,25 @@ def lr_range_test(cfg: Config, *, start: float = 1e-4, end: float = 10.0, steps:
     b_l = cfg.train.batch_labeled
     # one_thread=False: the decoder is built in this process, whose thread count is the caller's (``threads``);
     # loader worker processes get one thread each from _worker_init
-    dec = ClipDecoder("train", dataclasses.asdict(cfg.data), k, False, seed, _pairs(labeled, cfg.data.root), None, 0,
-                      flip_map=resolve_flip_map(cfg.data.flip_label_map, names), one_thread=False)
+    dec = ClipDecoder(
+        "train",
+        dataclasses.asdict(cfg.data),
+        k,
+        False,
+        seed,
+        _pairs(labeled, cfg.data.root),
+        None,
+        0,
+        flip_map=resolve_flip_map(cfg.data.flip_label_map, names),
+        one_thread=False,
+    )
     rows = epoch_rows(len(labeled), 0, steps * b_l, 0, [seed, 0])
-    loader = torch.utils.data.DataLoader(StepBatches(dec, rows, np.arange(len(rows), dtype=np.int64), b_l),
-                                         batch_size=None, num_workers=loader_workers,
-                                         worker_init_fn=_worker_init if loader_workers else None)
+    loader = torch.utils.data.DataLoader(
+        StepBatches(dec, rows, np.arange(len(rows), dtype=np.int64), b_l),
+        batch_size=None,
+        num_workers=loader_workers,
+        worker_init_fn=_worker_init if loader_workers else None,
+    )
     schedule = lr_schedule(start, end, steps)
     lrs: list[float] = []
     losses: list[float] = []
@@ -102,7 +137,9 @@ def lr_range_test(cfg: Config, *, start: float = 1e-4, end: float = 10.0, steps:
             log(f"[lr-find] step {i:4d} lr {schedule[i]:.2e} loss {value:.3f} smoothed {cur:.3f}")
         if i >= 10 and (not math.isfinite(cur) or cur > diverge * best):
             if log:
-                log(f"[lr-find] stopped at lr {schedule[i]:.2e}: the loss diverged ({cur:.3f} > {diverge} x {best:.3f})")
+                log(
+                    f"[lr-find] stopped at lr {schedule[i]:.2e}: the loss diverged ({cur:.3f} > {diverge} x {best:.3f})"
+                )
             break
     finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
     res = analyse([a for a, _ in finite], [b for _, b in finite])

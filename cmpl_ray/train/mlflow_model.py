@@ -77,8 +77,10 @@ def normalization_metadata() -> dict[str, Any]:
 def input_description() -> str:
     """The model's input and output in one sentence, from :func:`normalization_metadata`."""
     norm = normalization_metadata()  # one value per channel, the same for all three
-    return (f"float32 (N, 3, T, H, W): uint8 RGB / {norm['scale']:g}, minus mean {norm['mean'][0]}, over std "
-            f"{norm['std'][0]} (every channel); output: logits (N, num_classes)")
+    return (
+        f"float32 (N, 3, T, H, W): uint8 RGB / {norm['scale']:g}, minus mean {norm['mean'][0]}, over std "
+        f"{norm['std'][0]} (every channel); output: logits (N, num_classes)"
+    )
 
 
 def signature_for(example: np.ndarray, num_classes: int):
@@ -86,8 +88,10 @@ def signature_for(example: np.ndarray, num_classes: int):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]))
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
 
 
 def _requirements() -> list[str]:
@@ -96,8 +100,15 @@ def _requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
 
 
-def log_primary_model(uri: str, run_id: str, checkpoint: str, *, example: np.ndarray | None = None,
-                      register_as: str = "", videos: list[str] | None = None):
+def log_primary_model(
+    uri: str,
+    run_id: str,
+    checkpoint: str,
+    *,
+    example: np.ndarray | None = None,
+    register_as: str = "",
+    videos: list[str] | None = None,
+):
     """Log the checkpoint's primary network to ``run_id`` (see module docstring); returns MLflow's ``ModelInfo``.
 
     ``example`` defaults to views of ``videos`` (default: the checkpoint config's validation list)."""
@@ -111,30 +122,49 @@ def log_primary_model(uri: str, run_id: str, checkpoint: str, *, example: np.nda
     cfg, primary, _, names = models_from_state(state)
     if example is None:
         example = input_example(cfg, len(names), videos if videos is not None else _val_videos(cfg))
-    meta = {"class_names": names, "config": cfg.to_dict(), "epoch": int(state["epoch"]) + 1,
-            "global_step": int(state["global_step"]), "weights": "ema" if state.get("ema") else "live",
-            "metrics": state.get("metrics", {}), "normalization": normalization_metadata(),
-            "input": input_description()}
+    meta = {
+        "class_names": names,
+        "config": cfg.to_dict(),
+        "epoch": int(state["epoch"]) + 1,
+        "global_step": int(state["global_step"]),
+        "weights": "ema" if state.get("ema") else "live",
+        "metrics": state.get("metrics", {}),
+        "normalization": normalization_metadata(),
+        "input": input_description(),
+    }
     uri = tracking.resolve_tracking_uri(uri)
     client = tracking._client(uri)
     run = client.get_run(run_id)
     # created here, in the run's experiment: left to log_model, MLflow 3.17 puts a model logged for a run that is
     # not the fluent active run into the default experiment "0", where runs:/<run_id>/primary does not find it
     model = client.create_logged_model(
-        run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(run.data.params),
-        tags={"cmpl.arch": cfg.model.primary_arch, "cmpl.algo": cfg.algo.name}, model_type="video-classifier")
+        run.info.experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        params=dict(run.data.params),
+        tags={"cmpl.arch": cfg.model.primary_arch, "cmpl.algo": cfg.algo.name},
+        model_type="video-classifier",
+    )
     with _use_tracking_uri(uri):
         return mlflow.pytorch.log_model(
-            primary, name=MODEL_NAME, run_id=run_id, model_id=model.model_id,
-            signature=signature_for(example, len(names)), input_example=example, serialization_format="pt2",
-            pip_requirements=_requirements(), metadata={META_KEY: meta}, registered_model_name=register_as or None,
-            step=int(state["global_step"]))
+            primary,
+            name=MODEL_NAME,
+            run_id=run_id,
+            model_id=model.model_id,
+            signature=signature_for(example, len(names)),
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=_requirements(),
+            metadata={META_KEY: meta},
+            registered_model_name=register_as or None,
+            step=int(state["global_step"]),
+        )
 
 
 def _val_videos(cfg: Any) -> list[str]:
     from ..data.lists import read_list, resolve_path
 
-    return [resolve_path(cfg.data.root, it.path) for it in read_list(cfg.data.val_list)[:2 * EXAMPLE_CLIPS]]
+    return [resolve_path(cfg.data.root, it.path) for it in read_list(cfg.data.val_list)[: 2 * EXAMPLE_CLIPS]]
 
 
 def load_logged_model(model_uri: str, tracking_uri: str = ""):
@@ -172,9 +202,12 @@ def publish_best(cfg: Any, uri: str, run_id: str | None, best: Any, verbose: boo
             if cfg.tracking.log_model:
                 t1 = time.perf_counter()
                 info = log_primary_model(uri, run_id, d, register_as=cfg.tracking.register_as)
-                done.update(model_uri=f"runs:/{run_id}/{MODEL_NAME}", model_id=info.model_id,
-                            model_seconds=time.perf_counter() - t1,
-                            registered=getattr(info, "registered_model_version", None))
+                done.update(
+                    model_uri=f"runs:/{run_id}/{MODEL_NAME}",
+                    model_id=info.model_id,
+                    model_seconds=time.perf_counter() - t1,
+                    registered=getattr(info, "registered_model_version", None),
+                )
         from .mlflow_run import run_url
 
         done["url"] = run_url(uri, tracking._client(uri).get_run(run_id).info.experiment_id, run_id)
@@ -182,10 +215,16 @@ def publish_best(cfg: Any, uri: str, run_id: str | None, best: Any, verbose: boo
         print(f"[cmpl-ray] WARNING could not log the best checkpoint / model to MLflow: {e!r}", flush=True)
     done["seconds"] = time.perf_counter() - t0
     if verbose and "model_uri" in done:
-        reg = (f", registered as {cfg.tracking.register_as!r} version {done['registered']}"
-               if done.get("registered") else "")
-        print(f"[cmpl-ray] MLflow model {done['model_uri']}{reg} ({done['model_seconds']:.1f} s); predict with: "
-              f"cmpl-ray predict {done['model_uri']} VIDEO.mp4", flush=True)
+        reg = (
+            f", registered as {cfg.tracking.register_as!r} version {done['registered']}"
+            if done.get("registered")
+            else ""
+        )
+        print(
+            f"[cmpl-ray] MLflow model {done['model_uri']}{reg} ({done['model_seconds']:.1f} s); predict with: "
+            f"cmpl-ray predict {done['model_uri']} VIDEO.mp4",
+            flush=True,
+        )
     if verbose and "url" in done:
         print(f"[cmpl-ray] MLflow run page (model-training view): {done['url']}", flush=True)
     return done

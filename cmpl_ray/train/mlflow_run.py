@@ -30,8 +30,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 DIGEST_CHARS = 32  # MLflow's datasets.digest column is VARCHAR(36)
 UI_PARAM = "workflowType=machine_learning"
-ROLES = (("labeled_list", "labeled", "training"), ("unlabeled_list", "unlabeled", "training"),
-         ("val_list", "val", "validation"))
+ROLES = (
+    ("labeled_list", "labeled", "training"),
+    ("unlabeled_list", "unlabeled", "training"),
+    ("val_list", "val", "validation"),
+)
 
 
 def mark_model_training(client: Any, experiment_id: str, tags: dict[str, str] | None = None) -> None:
@@ -70,10 +73,14 @@ def list_dataset(path: str, role: str):
     source = os.path.abspath(path) if local else path
     schema = Schema([ColSpec("string", "path"), ColSpec("long", "label")])
     profile = {"videos": len(items), "classes": len({it.label for it in items}), "role": role, "sha256": sha}
-    return Dataset(name=os.path.basename(path), digest=sha[:DIGEST_CHARS],
-                   source_type="local" if local else path.split("://", 1)[0],
-                   source=json.dumps({"uri": source}), schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
-                   profile=json.dumps(profile))
+    return Dataset(
+        name=os.path.basename(path),
+        digest=sha[:DIGEST_CHARS],
+        source_type="local" if local else path.split("://", 1)[0],
+        source=json.dumps({"uri": source}),
+        schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+        profile=json.dumps(profile),
+    )
 
 
 def list_inputs(data_cfg: Any) -> list:
@@ -91,8 +98,11 @@ def list_inputs(data_cfg: Any) -> list:
     for path, rc in roles.items():
         role = "+".join(r for r, _ in rc)
         context = "+".join(dict.fromkeys(c for _, c in rc))
-        out.append(DatasetInput(list_dataset(path, role),
-                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("cmpl.list", role)]))
+        out.append(
+            DatasetInput(
+                list_dataset(path, role), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("cmpl.list", role)]
+            )
+        )
     return out
 
 
@@ -122,13 +132,9 @@ def run_url(uri: str, experiment_id: str, run_id: str | None = None, port: int =
 
 # Creating and finding runs (the driver's side; the worker logs into the run through tracking.Tracker).
 
+
 def start_run(
-    uri: str,
-    experiment: str,
-    run_name: str,
-    params: dict,
-    tags: dict | None = None,
-    parent_run_id: str | None = None,
+    uri: str, experiment: str, run_name: str, params: dict, tags: dict | None = None, parent_run_id: str | None = None
 ) -> str | None:
     """Create (experiment and) run, log ``params`` in batches; run id, or None after ONE warning.
 
@@ -143,7 +149,7 @@ def start_run(
         client = tracking._client(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+            db = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
             art = os.path.join(os.path.dirname(db), "mlruns") if db.startswith("/") else None
             exp_id = client.create_experiment(experiment, artifact_location=art)
         else:
@@ -157,7 +163,7 @@ def start_run(
         run_id = run.info.run_id
         items = [Param(str(k), tracking._stringify(v, tracking.MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
         for i in range(0, len(items), tracking.MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=items[i:i + tracking.MAX_PARAMS_PER_BATCH])
+            client.log_batch(run_id, params=items[i : i + tracking.MAX_PARAMS_PER_BATCH])
         return run_id
     except Exception as e:  # noqa: BLE001 - any store failure must not stop training
         tracking._warn(f"MLflow at {uri} unreachable, run not created (training continues): {e!r}")

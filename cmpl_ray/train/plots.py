@@ -57,13 +57,11 @@ def plot_pseudo_label_ratio(history: list[dict], path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
     for key, (label, color, ls) in _PL_SERIES.items():
-        pts = sorted((h[xkey], float(h[key])) for h in history
-                     if xkey in h and key in h and _finite(h[key]))
+        pts = sorted((h[xkey], float(h[key])) for h in history if xkey in h and key in h and _finite(h[key]))
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, ls, color=color, label=label, marker="o" if len(xs) < 30 else None,
-                markersize=3)
+        ax.plot(xs, ys, ls, color=color, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
         drawn += 1
     ax.set_xlabel(xkey)
     ax.set_ylabel("ratio of unlabeled clips")
@@ -73,24 +71,19 @@ def plot_pseudo_label_ratio(history: list[dict], path: str) -> str:
     if drawn:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no pseudo-label statistics logged", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no pseudo-label statistics logged", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
 
 
-def plot_class_gap(acc_primary: list[float], acc_aux: list[float], class_names: list[str],
-                   path: str) -> str:
+def plot_class_gap(acc_primary: list[float], acc_aux: list[float], class_names: list[str], path: str) -> str:
     """Fig. 1: per-class ``acc_aux - acc_primary``, sorted; positive (aux better) in green."""
     if not (len(acc_primary) == len(acc_aux) == len(class_names)):
-        raise ValueError(f"length mismatch: {len(acc_primary)} primary, {len(acc_aux)} aux, "
-                         f"{len(class_names)} names")
-    gaps = sorted(((a - p, n) for p, a, n in zip(acc_primary, acc_aux, class_names)),
-                  key=lambda t: t[0], reverse=True)
+        raise ValueError(f"length mismatch: {len(acc_primary)} primary, {len(acc_aux)} aux, {len(class_names)} names")
+    gaps = sorted(((a - p, n) for p, a, n in zip(acc_primary, acc_aux, class_names)), key=lambda t: t[0], reverse=True)
     n = len(gaps)
     fig, ax = plt.subplots(figsize=(max(6.0, min(0.25 * n, 24.0)), 4))
     vals = [g for g, _ in gaps]
-    ax.bar(range(n), vals, color=["tab:green" if g >= 0 else "tab:red" for g in vals],
-           width=0.8)
+    ax.bar(range(n), vals, color=["tab:green" if g >= 0 else "tab:red" for g in vals], width=0.8)
     ax.axhline(0.0, color="black", linewidth=0.8)
     if n <= 50:  # beyond that the names are unreadable anyway
         ax.set_xticks(range(n))
@@ -112,12 +105,17 @@ def plot_comparison(table: dict[str, list[float]], path: str, title: str = "") -
         means.append(m)
         stds.append(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)) if xs else 0.0)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
-    bars = ax.bar(range(len(names)), means, yerr=stds, capsize=4,
-                  color=[f"C{i % 10}" for i in range(len(names))])
+    bars = ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=[f"C{i % 10}" for i in range(len(names))])
     for b, m, s in zip(bars, means, stds):
-        ax.annotate(f"{m:.3g}\u00b1{s:.2g}", (b.get_x() + b.get_width() / 2, m + s),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
+        ax.annotate(
+            f"{m:.3g}\u00b1{s:.2g}",
+            (b.get_x() + b.get_width() / 2, m + s),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=20 if len(names) > 4 else 0)
     ax.set_ylabel("top-1 accuracy")

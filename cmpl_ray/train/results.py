@@ -36,8 +36,7 @@ def upload(local_dir: str, run_folder: str) -> str:
     dest = result_dir(run_folder)
     fs, p = _fs(dest)
     fs.create_dir(p, recursive=True)
-    pafs.copy_files(os.path.abspath(local_dir), p, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    pafs.copy_files(os.path.abspath(local_dir), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     return dest
 
 

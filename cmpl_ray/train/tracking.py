@@ -88,7 +88,7 @@ def resolve_tracking_uri(uri: str = "") -> str:
     if not uri:
         return "sqlite:///" + os.path.abspath("mlflow.db")
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path and not path.startswith("/") and path != ":memory:":
             return "sqlite:///" + os.path.abspath(path)
     return uri
@@ -130,8 +130,14 @@ def _read_jsonl(path: str) -> list[dict]:
         for line in f:
             try:
                 r = json.loads(line)
-                out.append({"key": str(r["key"]), "value": float(r["value"]),
-                            "step": int(r["step"]), "timestamp": int(r["timestamp"])})
+                out.append(
+                    {
+                        "key": str(r["key"]),
+                        "value": float(r["value"]),
+                        "step": int(r["step"]),
+                        "timestamp": int(r["timestamp"]),
+                    }
+                )
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping malformed metric line in %s: %r", path, line[:200])
     return out
@@ -173,9 +179,8 @@ def _send(client, run_id: str, records: list[dict], known: dict[str, int] | None
     sent = 0
     try:
         for i in range(0, len(records), MAX_METRICS_PER_BATCH):
-            chunk = records[i:i + MAX_METRICS_PER_BATCH]
-            client.log_batch(run_id, metrics=[
-                Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+            chunk = records[i : i + MAX_METRICS_PER_BATCH]
+            client.log_batch(run_id, metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
             sent += len(chunk)
             if known is not None:
                 for r in chunk:
@@ -201,7 +206,7 @@ def _replay(client, run_id: str, path: str, known: dict[str, int] | None = None)
     try:
         n = _send(client, run_id, records, known)
     except Exception as e:
-        rest = records[getattr(e, "sent", 0):]
+        rest = records[getattr(e, "sent", 0) :]
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rest)
@@ -230,8 +235,15 @@ class Tracker:
     the same run (a restarted worker) may log steps again, they are sent once.
     """
 
-    def __init__(self, uri: str, run_id: str | None, buffer_path: str, flush_every: int = 20,
-                 retry_interval_s: float = 60.0, client: Any = None):
+    def __init__(
+        self,
+        uri: str,
+        run_id: str | None,
+        buffer_path: str,
+        flush_every: int = 20,
+        retry_interval_s: float = 60.0,
+        client: Any = None,
+    ):
         self.uri = resolve_tracking_uri(uri)
         self.run_id = run_id
         self.buffer_path = buffer_path
@@ -260,8 +272,10 @@ class Tracker:
         self._known = None  # what landed is unknown now: ask the store again once it answers
         if not self._warned:
             self._warned = True
-            _warn(f"MLflow at {self.uri} unreachable ({what}: {e!r}); training continues, "
-                  f"metrics are buffered in {self.buffer_path}")
+            _warn(
+                f"MLflow at {self.uri} unreachable ({what}: {e!r}); training continues, "
+                f"metrics are buffered in {self.buffer_path}"
+            )
         else:
             log.debug("MLflow still unreachable (%s): %r", what, e)
 
@@ -281,8 +295,7 @@ class Tracker:
             self.flush()
 
     def set_tags(self, tags: dict) -> None:
-        self._pending_tags.update({str(k): _stringify(v, MAX_TAG_VAL_LENGTH)
-                                   for k, v in tags.items()})
+        self._pending_tags.update({str(k): _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in tags.items()})
         self._flush_tags(force=False)
 
     def _flush_tags(self, force: bool) -> None:
@@ -293,7 +306,7 @@ class Tracker:
         try:
             items = [RunTag(k, v) for k, v in self._pending_tags.items()]
             for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-                self._get_client().log_batch(self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+                self._get_client().log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH])
             self._pending_tags.clear()
         except Exception as e:  # noqa: BLE001
             self._failed("set_tags", e)
@@ -339,7 +352,7 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             self._failed("set_terminated", e)
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

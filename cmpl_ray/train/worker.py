@@ -18,15 +18,14 @@ import time
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 
-import ray.train
-import ray.train.torch
-
 from ..config import Config, from_dict, save_config
-from ..data.epochs import KEY_STRIDE
 from ..data.decode import DECODER_NAMES
+from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
 from . import attempts, results
 from . import checkpoint as ckpt
@@ -98,8 +97,7 @@ def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return batch
 
 
-def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None,
-                 rank: int = 0):
+def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None, rank: int = 0):
     """The whole run's batches from ONE iteration of the shard: the training loop takes ``steps`` of them per
     epoch (``itertools.islice``), so the decode actor pool and its prefetch carry over epoch boundaries
     instead of restarting every epoch (issue 18: the first batches of every epoch used to wait for a new pool).
@@ -116,8 +114,10 @@ def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: in
             got = batch["key"] // KEY_STRIDE
             want = start_epoch + i // steps
             if bool((got < start_epoch).any()) or (world == 1 and bool((got != want).any())):
-                raise RuntimeError(f"step {i} of a stream that starts at epoch {start_epoch} got rows of epoch "
-                                   f"{int(got.min())}: the epoch clock was not set before the dataset ran")
+                raise RuntimeError(
+                    f"step {i} of a stream that starts at epoch {start_epoch} got rows of epoch "
+                    f"{int(got.min())}: the epoch clock was not set before the dataset ran"
+                )
         yield _flatten_unlabeled(batch)
 
 
@@ -136,8 +136,13 @@ def _val_source(cfg: Config, config: dict[str, Any], num_classes: int, with_aux:
     return lambda: iter_val_batches(cfg, items, num_classes, with_aux, rank, world, batch_size=2, threads=threads)
 
 
-def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor], has_aux: bool,
-                     pseudo: dict[str, dict[str, list[float]]] | None = None) -> None:
+def _write_per_class(
+    path: str,
+    names: list[str],
+    counts: dict[str, torch.Tensor],
+    has_aux: bool,
+    pseudo: dict[str, dict[str, list[float]]] | None = None,
+) -> None:
     """Validation top-1 per class, and with ``pseudo`` the last epoch's pseudo-labels per class and network
     (mask rate, precision, recall in %, :func:`~cmpl_ray.train.loop.pseudo_label_per_class`): which classes
     a network labels confidently, and how often rightly."""
@@ -146,8 +151,11 @@ def _write_per_class(path: str, names: list[str], counts: dict[str, torch.Tensor
     cols = [(net, q) for net in sorted(pseudo) for q in ("mask_rate", "precision", "recall")]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class_id", "class_name", "videos", "primary_top1"] + (["aux_top1"] if has_aux else [])
-                   + [f"pl_{q}_{net}" for net, q in cols])
+        w.writerow(
+            ["class_id", "class_name", "videos", "primary_top1"]
+            + (["aux_top1"] if has_aux else [])
+            + [f"pl_{q}_{net}" for net, q in cols]
+        )
         for i, name in enumerate(names):
             row = [i, name, int(counts["total"][i]), f"{acc_p[i]:.4f}"] + ([f"{acc_a[i]:.4f}"] if has_aux else [])
             w.writerow(row + [f"{pseudo[net][q][i]:.2f}" for net, q in cols])
@@ -235,8 +243,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     skipped_total, looped_total, bad_files, good_total = 0, 0, {}, 0
     read_by: dict[str, set[str]] = {name: set() for name in DECODER_NAMES.values()}  # "l:3" keys, run-wide
     state, own_checkpoint = _restore_state(cfg, config)
-    restarts = attempts.restarts(session, attempt, state.get("extra", {}) if state is not None else None,
-                                 own_checkpoint)
+    restarts = attempts.restarts(
+        session, attempt, state.get("extra", {}) if state is not None else None, own_checkpoint
+    )
     if state is not None:
         ckpt.restore(state, primary=primary, aux=aux, scaler=scaler)  # optimizer: after the move to device
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
@@ -271,8 +280,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # sent once per epoch, before its checkpoint; after a restart (with or without a checkpoint) the redone
         # steps are logged again and the Tracker drops every (metric, step) the run already has, buffered ones too
         relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
-        tracker = Tracker(config["tracking_uri"], config.get("run_id"),
-                          os.path.join(config["output_dir"], "mlflow_buffer.jsonl"), flush_every=10**9, client=relay)
+        tracker = Tracker(
+            config["tracking_uri"],
+            config.get("run_id"),
+            os.path.join(config["output_dir"], "mlflow_buffer.jsonl"),
+            flush_every=10**9,
+            client=relay,
+        )
     total_steps = steps * cfg.train.epochs
     t_run = time.perf_counter()
 
@@ -296,8 +310,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_batches = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
     for epoch in range(start_epoch, cfg.train.epochs):
         batches = itertools.islice(run_batches, steps)  # this epoch's steps of the run-long stream
-        res = train_one_epoch(primary, aux, optimizer, batches, cfg, epoch=epoch, steps=steps, global_step=global_step,
-                              total_steps=total_steps, device=device, scaler=scaler, log_fn=log_step, ema=ema)
+        res = train_one_epoch(
+            primary,
+            aux,
+            optimizer,
+            batches,
+            cfg,
+            epoch=epoch,
+            steps=steps,
+            global_step=global_step,
+            total_steps=total_steps,
+            device=device,
+            scaler=scaler,
+            log_fn=log_step,
+            ema=ema,
+        )
         global_step += res.steps + res.skipped_steps
         if res.pl_counts:  # this epoch's pseudo-labels per class, over every rank (per_class.csv, metrics.json)
             pseudo = {n: pseudo_label_per_class(c) for n, c in _all_reduce_counts(dict(res.pl_counts)).items()}
@@ -314,9 +341,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
             raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
         metrics = {f"train_{k}": v for k, v in res.means.items()}
-        metrics.update(epoch=epoch + 1, global_step=global_step, skipped_samples=skipped_total, good_samples=good_total,
-                       looped_samples=looped_total, skipped_steps=res.skipped_steps, epoch_seconds=res.seconds,
-                       restarts=restarts, **{f"files_read_by_{n}": len(k) for n, k in read_by.items()})
+        metrics.update(
+            epoch=epoch + 1,
+            global_step=global_step,
+            skipped_samples=skipped_total,
+            good_samples=good_total,
+            looped_samples=looped_total,
+            skipped_steps=res.skipped_steps,
+            epoch_seconds=res.seconds,
+            restarts=restarts,
+            **{f"files_read_by_{n}": len(k) for n, k in read_by.items()},
+        )
         evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
         if evaluated:
             eval_p, eval_a = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
@@ -326,30 +361,61 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best = max(best, ev["val_top1"])
             metrics.update(ev)
         # Ray ranks checkpoints by CHECKPOINT_SCORE: an epoch without evaluation can never be the best one
-        metrics.update(val_top1_best=best, evaluated=float(evaluated),
-                       **{CHECKPOINT_SCORE: metrics["val_top1"] if evaluated else UNEVALUATED_SCORE})
+        metrics.update(
+            val_top1_best=best,
+            evaluated=float(evaluated),
+            **{CHECKPOINT_SCORE: metrics["val_top1"] if evaluated else UNEVALUATED_SCORE},
+        )
         history.append({k: float(v) for k, v in metrics.items()})
         if tracker is not None:
             # the train_* epoch means stay in the report (Tune) and metrics.json: MLflow has them per step as train/*
-            tracker.log_metrics({k: v for k, v in metrics.items() if not k.startswith("train_")
-                                 and k not in (CHECKPOINT_SCORE, "evaluated")}, global_step)
+            tracker.log_metrics(
+                {
+                    k: v
+                    for k, v in metrics.items()
+                    if not k.startswith("train_") and k not in (CHECKPOINT_SCORE, "evaluated")
+                },
+                global_step,
+            )
             tracker.flush()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                extra = {"history": history, "best": best, "skipped_total": skipped_total, "good_total": good_total,
-                         "looped_total": looped_total, "bad_files": bad_files, "class_names": names, "restarts": restarts,
-                         "session": session, "attempt": attempt, "identity": config.get("identity"),
-                         "read_by": {n: sorted(k) for n, k in read_by.items()}}
-                ckpt.save_checkpoint(tmp, primary=primary, aux=aux, optimizer=optimizer, scaler=scaler, epoch=epoch,
-                                     global_step=global_step, config=cfg.to_dict(), metrics=metrics, extra=extra,
-                                     ema=ema)
+                extra = {
+                    "history": history,
+                    "best": best,
+                    "skipped_total": skipped_total,
+                    "good_total": good_total,
+                    "looped_total": looped_total,
+                    "bad_files": bad_files,
+                    "class_names": names,
+                    "restarts": restarts,
+                    "session": session,
+                    "attempt": attempt,
+                    "identity": config.get("identity"),
+                    "read_by": {n: sorted(k) for n, k in read_by.items()},
+                }
+                ckpt.save_checkpoint(
+                    tmp,
+                    primary=primary,
+                    aux=aux,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    epoch=epoch,
+                    global_step=global_step,
+                    config=cfg.to_dict(),
+                    metrics=metrics,
+                    extra=extra,
+                    ema=ema,
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 if evaluated:
-                    say(f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
-                          f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
-                          + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
-                        + f" | skipped {skipped_total}")
+                    say(
+                        f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
+                        f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
+                        + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
+                        + f" | skipped {skipped_total}"
+                    )
             ray.train.report(metrics, checkpoint=checkpoint)
 
     if start_epoch >= cfg.train.epochs and history:
@@ -357,21 +423,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # report the final metrics again so Tune records the trial as complete, not stopped at its last report
         ray.train.report({k: v for k, v in history[-1].items()})
     if rank == 0:
-        _write_results(cfg, config, history, dict(skipped_samples=skipped_total, looped_samples=looped_total,
-                       restarts=restarts, good_samples=good_total, bad_files=bad_files, world_size=world),
-                       counts, pseudo, aux is not None, tracker)
+        _write_results(
+            cfg,
+            config,
+            history,
+            dict(
+                skipped_samples=skipped_total,
+                looped_samples=looped_total,
+                restarts=restarts,
+                good_samples=good_total,
+                bad_files=bad_files,
+                world_size=world,
+            ),
+            counts,
+            pseudo,
+            aux is not None,
+            tracker,
+        )
 
 
-def _write_results(cfg: Config, config: dict[str, Any], history: list[dict[str, float]], totals: dict[str, Any],
-                   counts: dict[str, torch.Tensor] | None, pseudo: dict[str, dict[str, list[float]]] | None,
-                   has_aux: bool, tracker: Tracker | None) -> None:
+def _write_results(
+    cfg: Config,
+    config: dict[str, Any],
+    history: list[dict[str, float]],
+    totals: dict[str, Any],
+    counts: dict[str, torch.Tensor] | None,
+    pseudo: dict[str, dict[str, list[float]]] | None,
+    has_aux: bool,
+    tracker: Tracker | None,
+) -> None:
     """Rank 0's result files, written to a local scratch folder and copied to the run's folder on shared
     storage (:mod:`cmpl_ray.train.results`), where the driver reads them on any node; then MLflow artifacts."""
     names, num_classes = config["class_names"], config["num_classes"]
     with tempfile.TemporaryDirectory(prefix="cmpl-result-") as out:
         final = {k: history[-1][k] for k in history[-1]} if history else {}
-        final.update(epochs=cfg.train.epochs, mlflow_run_id=config.get("run_id"), num_classes=num_classes,
-                     history=history, **totals)
+        final.update(
+            epochs=cfg.train.epochs,
+            mlflow_run_id=config.get("run_id"),
+            num_classes=num_classes,
+            history=history,
+            **totals,
+        )
         if pseudo:
             final["pseudo_labels_per_class"] = {n: dict(q, classes=names) for n, q in pseudo.items()}
         artifacts = [write_metrics_json(os.path.join(out, "metrics.json"), final)]
@@ -386,8 +478,14 @@ def _write_results(cfg: Config, config: dict[str, Any], history: list[dict[str, 
             artifacts.append(os.path.join(out, "per_class.csv"))
             if has_aux:
                 try:
-                    artifacts.append(plot_class_gap(per_class_accuracy(counts), per_class_accuracy(counts, "aux_"),
-                                                    names, os.path.join(out, "class_gap.png")))
+                    artifacts.append(
+                        plot_class_gap(
+                            per_class_accuracy(counts),
+                            per_class_accuracy(counts, "aux_"),
+                            names,
+                            os.path.join(out, "class_gap.png"),
+                        )
+                    )
                 except Exception as e:
                     log.warning("class-gap plot failed: %r", e)
         if config.get("run_folder"):

@@ -28,7 +28,8 @@ from typing import Any
 from ..config import load_config
 from ..train import mlflow_run, tracking
 from ..train.console import LOG_NAME
-from ..train.identity import read_text as _read_text, write_text as _write_text
+from ..train.identity import read_text as _read_text
+from ..train.identity import write_text as _write_text
 from .space import SweepSpec, load_space, overrides_of, to_tune_space
 
 STATE_FILE = "sweep.json"
@@ -89,16 +90,31 @@ def trial_fn(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             f.write(sweep["config_text"])
     values = {a: config[a] for a in sweep["axes"]}
     base = sweep["dir"]
-    cfg = load_config(sweep["preset"], config_path, overrides_of(sweep["fixed"]) + sweep["overrides"]
-                      + overrides_of(values) + [f"run.name={sweep['name']}-{tid}", "run.resume=",
-                                                f"run.output_dir={os.path.join(sweep['local_dir'], 'trials', tid)}",
-                                                f"run.storage_path={base}/train"])
+    cfg = load_config(
+        sweep["preset"],
+        config_path,
+        overrides_of(sweep["fixed"])
+        + sweep["overrides"]
+        + overrides_of(values)
+        + [
+            f"run.name={sweep['name']}-{tid}",
+            "run.resume=",
+            f"run.output_dir={os.path.join(sweep['local_dir'], 'trials', tid)}",
+            f"run.storage_path={base}/train",
+        ],
+    )
     tags = {"cmpl.sweep": sweep["name"], "cmpl.trial_id": tid, "cmpl.axes": json.dumps(values, sort_keys=True)}
     # a trial re-entered after an interruption resumes its own Train run only if its config is unchanged
     # (RunMismatch fails the trial otherwise); one that had already trained its last epoch is reported
     # straight from its record (identity.complete) without starting a Train worker group (~40 s on CPU)
-    res = run_training(cfg, parent_run_id=sweep.get("parent_run_id"), extra_tags=tags,
-                       callbacks=[evaluated_reports_callback()], verbose=True, live=False)
+    res = run_training(
+        cfg,
+        parent_run_id=sweep.get("parent_run_id"),
+        extra_tags=tags,
+        callbacks=[evaluated_reports_callback()],
+        verbose=True,
+        live=False,
+    )
     if res.get("already_complete") and res.get("history"):
         tune.report({k: float(v) for k, v in res["history"][-1].items()})
 
@@ -125,8 +141,12 @@ def _scheduler(spec: SweepSpec, epochs: int):
     # max_t one past the last epoch: ASHA never sends STOP on a trial's final report, which would end the trial's
     # driver before run_training copies the result files, publishes the best checkpoint and marks the run complete
     # (the rungs below max_t are the same ones)
-    return ASHAScheduler(time_attr="epoch", max_t=int(s.get("max_t") or epochs + 1),
-                         grace_period=int(s.get("grace_period", 1)), reduction_factor=float(s.get("reduction_factor", 2)))
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=int(s.get("max_t") or epochs + 1),
+        grace_period=int(s.get("grace_period", 1)),
+        reduction_factor=float(s.get("reduction_factor", 2)),
+    )
 
 
 def _searcher(spec: SweepSpec):
@@ -157,11 +177,22 @@ def _load_state(d: str) -> dict[str, Any]:
     return state
 
 
-def run_sweep(space_path: str | None = None, *, preset: str | None = None, config_path: str | None = None,
-              overrides: list[str] | None = None, num_samples: int | None = None, name: str | None = None,
-              storage: str = "outputs/tune", max_concurrent: int | None = None, searcher: str | None = None,
-              resume: str | None = None, num_cpus: int | None = None, scheduler: str | None = None,
-              verbose: bool = True) -> dict[str, Any]:
+def run_sweep(
+    space_path: str | None = None,
+    *,
+    preset: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    num_samples: int | None = None,
+    name: str | None = None,
+    storage: str = "outputs/tune",
+    max_concurrent: int | None = None,
+    searcher: str | None = None,
+    resume: str | None = None,
+    num_cpus: int | None = None,
+    scheduler: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Run (or, with ``resume=NAME``, restore) a sweep; returns a summary (best trial, per-trial rows)."""
     from ray import tune
 
@@ -189,33 +220,59 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     samples = num_samples or spec.num_samples
     mct = max_concurrent or spec.max_concurrent_trials
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri)
-    state = {"space_path": str(Path(space_path).resolve()), "preset": spec.preset,
-             "config_path": str(Path(config_path).resolve()) if config_path else None, "overrides": overrides,
-             "num_samples": samples, "max_concurrent": mct, "searcher": spec.searcher, "name": name,
-             "scheduler": spec.scheduler["name"], "space_text": Path(space_path).read_text(),
-             "config_text": Path(config_path).read_text() if config_path else None}
+    state = {
+        "space_path": str(Path(space_path).resolve()),
+        "preset": spec.preset,
+        "config_path": str(Path(config_path).resolve()) if config_path else None,
+        "overrides": overrides,
+        "num_samples": samples,
+        "max_concurrent": mct,
+        "searcher": spec.searcher,
+        "name": name,
+        "scheduler": spec.scheduler["name"],
+        "space_text": Path(space_path).read_text(),
+        "config_text": Path(config_path).read_text() if config_path else None,
+    }
     parent = None
     if base_cfg.tracking.enabled:
         ptags = {"cmpl.sweep": name, "cmpl.role": "sweep"}
         parent = mlflow_run.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
         if parent is None:
-            params = {"sweep.space_file": os.path.basename(space_path), "sweep.searcher": spec.searcher,
-                      "sweep.num_samples": samples, "sweep.max_concurrent_trials": mct, "sweep.metric": spec.metric,
-                      "sweep.mode": spec.mode,
-                      "sweep.axes": ",".join(spec.axes()), "sweep.preset": spec.preset,
-                      **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
-                      **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
-                      **{f"fixed.{k}": v for k, v in spec.fixed.items()}, **{f"set.{i}": o for i, o in enumerate(overrides)}}
-            parent = mlflow_run.start_run(uri, base_cfg.tracking.experiment, name, params,
-                                        {**ptags, "cmpl.space": spec.description[:500]})
+            params = {
+                "sweep.space_file": os.path.basename(space_path),
+                "sweep.searcher": spec.searcher,
+                "sweep.num_samples": samples,
+                "sweep.max_concurrent_trials": mct,
+                "sweep.metric": spec.metric,
+                "sweep.mode": spec.mode,
+                "sweep.axes": ",".join(spec.axes()),
+                "sweep.preset": spec.preset,
+                **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
+                **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
+                **{f"fixed.{k}": v for k, v in spec.fixed.items()},
+                **{f"set.{i}": o for i, o in enumerate(overrides)},
+            }
+            parent = mlflow_run.start_run(
+                uri, base_cfg.tracking.experiment, name, params, {**ptags, "cmpl.space": spec.description[:500]}
+            )
     state["parent_run_id"] = parent
     _save_state(d, state)
     # Tune runs each trial in its own working directory: pin paths and the tracking store to absolute ones
-    pinned = [f"tracking.uri={uri}"] + [f"data.{k}={_abs(getattr(base_cfg.data, k))}" for k in PATH_KEYS
-                                         if getattr(base_cfg.data, k)]
+    pinned = [f"tracking.uri={uri}"] + [
+        f"data.{k}={_abs(getattr(base_cfg.data, k))}" for k in PATH_KEYS if getattr(base_cfg.data, k)
+    ]
     local = d if "://" not in d else str(Path("outputs", "tune", name).resolve())  # trial outputs stay on disk
-    sweep = {"name": name, "dir": d, "local_dir": local, "axes": spec.axes(), "preset": spec.preset,
-             "config_text": state["config_text"], "fixed": spec.fixed, "overrides": overrides + pinned, "parent_run_id": parent}
+    sweep = {
+        "name": name,
+        "dir": d,
+        "local_dir": local,
+        "axes": spec.axes(),
+        "preset": spec.preset,
+        "config_text": state["config_text"],
+        "fixed": spec.fixed,
+        "overrides": overrides + pinned,
+        "parent_run_id": parent,
+    }
     trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
     ensure_ray(num_cpus, dashboard=True, log_file=os.path.join(local, LOG_NAME))  # quiet: Ray's lines go there
     t0 = time.perf_counter()
@@ -225,11 +282,17 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=samples,
-                                        scheduler=_scheduler(spec, base_cfg.train.epochs),
-                                        search_alg=_searcher(spec), max_concurrent_trials=mct),
-            run_config=tune.RunConfig(name=name, storage_path=os.path.dirname(d),
-                                      failure_config=tune.FailureConfig(max_failures=1)),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.mode,
+                num_samples=samples,
+                scheduler=_scheduler(spec, base_cfg.train.epochs),
+                search_alg=_searcher(spec),
+                max_concurrent_trials=mct,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=os.path.dirname(d), failure_config=tune.FailureConfig(max_failures=1)
+            ),
         )
     stop, tune_log = _StopSeen(), logging.getLogger("ray.tune.tune")
     tune_log.addHandler(stop)
@@ -238,12 +301,24 @@ def run_sweep(space_path: str | None = None, *, preset: str | None = None, confi
     finally:
         tune_log.removeHandler(stop)
     wall = time.perf_counter() - t0
-    return summarize(grid, spec, base_cfg.train.epochs, uri, parent, name, wall, verbose, storage, samples,
-                     interrupted=stop.seen)
+    return summarize(
+        grid, spec, base_cfg.train.epochs, uri, parent, name, wall, verbose, storage, samples, interrupted=stop.seen
+    )
 
 
-def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, name: str, wall: float,
-              verbose: bool, storage: str = "", samples: int = 1, interrupted: bool = False) -> dict[str, Any]:
+def summarize(
+    grid,
+    spec: SweepSpec,
+    epochs: int,
+    uri: str,
+    parent: str | None,
+    name: str,
+    wall: float,
+    verbose: bool,
+    storage: str = "",
+    samples: int = 1,
+    interrupted: bool = False,
+) -> dict[str, Any]:
     """Per-trial rows (values, final/best metric, epochs, status), MLflow tags and the parent's summary."""
     rows = []
     for t in grid._experiment_analysis.trials:  # Trial objects: status + last result + per-metric max/min
@@ -257,43 +332,73 @@ def summarize(grid, spec: SweepSpec, epochs: int, uri: str, parent: str | None, 
             status = "completed" if ep >= epochs else "early_stopped"
         agg = (t.metric_analysis or {}).get(spec.metric, {})
         it = (t.metric_analysis or {}).get("time_this_iter_s", {})  # Tune's per-report wall: epoch 1 holds start-up
-        rows.append({"trial_id": t.trial_id, "values": {a: (t.config or {}).get(a) for a in spec.axes()},
-                     "status": status, "epochs": ep, "final": m.get(spec.metric), "best": agg.get(spec.mode),
-                     "seconds": m.get("time_total_s"), "epoch_s_min": it.get("min"), "epoch_s_max": it.get("max")})
+        rows.append(
+            {
+                "trial_id": t.trial_id,
+                "values": {a: (t.config or {}).get(a) for a in spec.axes()},
+                "status": status,
+                "epochs": ep,
+                "final": m.get(spec.metric),
+                "best": agg.get(spec.mode),
+                "seconds": m.get("time_total_s"),
+                "epoch_s_min": it.get("min"),
+                "epoch_s_max": it.get("max"),
+            }
+        )
     # Tune returns normally after Ctrl-C; trials it never generated or left unfinished mean "interrupted"
     expected = spec.grid_size() * samples
     interrupted = interrupted or len(rows) < expected
     ok = [r for r in rows if r["best"] is not None]
-    best_row = (max(ok, key=lambda r: r["best"]) if spec.mode == "max" else min(ok, key=lambda r: r["best"])) if ok else None
+    best_row = (
+        (max(ok, key=lambda r: r["best"]) if spec.mode == "max" else min(ok, key=lambda r: r["best"])) if ok else None
+    )
     if not interrupted:
         _tag_mlflow(uri, parent, name, rows, best_row, spec, wall)
-    summary = {"name": name, "wall_seconds": wall, "trials": rows, "best": best_row, "interrupted": interrupted,
-               "early_stopped": sum(r["status"] == "early_stopped" for r in rows),
-               "errors": sum(r["status"] == "error" for r in rows), "parent_run_id": parent}
+    summary = {
+        "name": name,
+        "wall_seconds": wall,
+        "trials": rows,
+        "best": best_row,
+        "interrupted": interrupted,
+        "early_stopped": sum(r["status"] == "early_stopped" for r in rows),
+        "errors": sum(r["status"] == "error" for r in rows),
+        "parent_run_id": parent,
+    }
     if interrupted:
         done = sum(r["status"] in ("completed", "early_stopped", "error") for r in rows)
-        print(f"[cmpl-ray tune] {name} interrupted with {done} of {expected} trials ended; "
-              f"resume with: cmpl-ray tune --resume {name}" + (f" --storage {storage}" if storage else ""), flush=True)
+        print(
+            f"[cmpl-ray tune] {name} interrupted with {done} of {expected} trials ended; "
+            f"resume with: cmpl-ray tune --resume {name}" + (f" --storage {storage}" if storage else ""),
+            flush=True,
+        )
         return summary
     if verbose:
-        print(f"[cmpl-ray tune] {name}: {len(rows)} trials in {wall / 60:.1f} min, {summary['early_stopped']} stopped "
-              f"early by {spec.scheduler['name']}, {summary['errors']} errors", flush=True)
+        print(
+            f"[cmpl-ray tune] {name}: {len(rows)} trials in {wall / 60:.1f} min, {summary['early_stopped']} stopped "
+            f"early by {spec.scheduler['name']}, {summary['errors']} errors",
+            flush=True,
+        )
         if best_row:
-            print(f"[cmpl-ray tune] best {spec.metric} {best_row['best']:.2f}: {best_row['values']} "
-                  f"(trial {best_row['trial_id']})", flush=True)
+            print(
+                f"[cmpl-ray tune] best {spec.metric} {best_row['best']:.2f}: {best_row['values']} "
+                f"(trial {best_row['trial_id']})",
+                flush=True,
+            )
         print(f"[cmpl-ray tune] table: cmpl-ray report {name}; MLflow: {tracking.ui_command(uri, name)}", flush=True)
     return summary
 
 
-def _tag_mlflow(uri: str, parent: str | None, name: str, rows: list[dict], best_row: dict | None,
-                spec: SweepSpec, wall: float) -> None:
+def _tag_mlflow(
+    uri: str, parent: str | None, name: str, rows: list[dict], best_row: dict | None, spec: SweepSpec, wall: float
+) -> None:
     if not parent:
         return
     try:
         client = tracking._client(uri)
         exp_id = client.get_run(parent).info.experiment_id
-        children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
-                                      max_results=10000)
+        children = client.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
+        )
         by_tid = {c.data.tags.get("cmpl.trial_id"): c for c in children}
         for r in rows:
             c = by_tid.get(r["trial_id"])

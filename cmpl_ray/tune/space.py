@@ -120,8 +120,18 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    known = {"description", "preset", "searcher", "num_samples", "scheduler", "max_concurrent_trials", "fixed",
-             "space", "metric", "mode"}
+    known = {
+        "description",
+        "preset",
+        "searcher",
+        "num_samples",
+        "scheduler",
+        "max_concurrent_trials",
+        "fixed",
+        "space",
+        "metric",
+        "mode",
+    }
     for k in raw:
         if k not in known:
             raise _err(path, k, f"unknown key; expected one of {sorted(known)}")
@@ -142,8 +152,9 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
     sched.setdefault("name", "asha")
     for k in ("grace_period", "reduction_factor", "max_t"):
         v = sched.get(k)
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 1
-                              or (k == "reduction_factor" and v < 2)):
+        if v is not None and (
+            not isinstance(v, (int, float)) or isinstance(v, bool) or v < 1 or (k == "reduction_factor" and v < 2)
+        ):
             raise _err(path, f"scheduler.{k}", f"must be a number >= {2 if k == 'reduction_factor' else 1}, got {v!r}")
     unknown = set(sched) - {"name", "grace_period", "reduction_factor", "max_t"}
     if unknown:
@@ -177,8 +188,11 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
             if not vals[0] < vals[1] or (kind == "loguniform" and vals[0] <= 0):
                 raise _err(path, f"space.{axis}.{kind}", f"needs lo < hi (and lo > 0 for loguniform), got {vals!r}")
         if searcher == "optuna" and (kind == "grid" or any(isinstance(v, (dict, list)) for v in vals)):
-            raise _err(path, f"space.{axis}", "optuna searches choice/uniform/... of plain values, not grids "
-                       "or bundles: use searcher grid or random")
+            raise _err(
+                path,
+                f"space.{axis}",
+                "optuna searches choice/uniform/... of plain values, not grids or bundles: use searcher grid or random",
+            )
         _check_values(path, base, axis, kind, vals)
         space[axis] = (kind, vals)
     metric = raw.get("metric", "val_top1")
@@ -186,9 +200,19 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
     if mode not in ("max", "min"):
         raise _err(path, "mode", f"must be max or min, got {mode!r}")
     name = os.path.splitext(os.path.basename(path))[0]
-    return SweepSpec(name=name, description=str(raw.get("description", "")).strip(), preset=preset,
-                     searcher=searcher, num_samples=num_samples, scheduler=sched, max_concurrent_trials=mct,
-                     fixed=fixed, space=space, metric=metric, mode=mode)
+    return SweepSpec(
+        name=name,
+        description=str(raw.get("description", "")).strip(),
+        preset=preset,
+        searcher=searcher,
+        num_samples=num_samples,
+        scheduler=sched,
+        max_concurrent_trials=mct,
+        fixed=fixed,
+        space=space,
+        metric=metric,
+        mode=mode,
+    )
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
