@@ -351,3 +351,21 @@ def test_cli_synth(cli, tmp_path, capsys):
     line = capsys.readouterr().out
     assert "2 classes (1 motion, 1 appearance), 4 train + 2 val videos" in line and " s -> " in line
     assert len(read_list(str(out / "train.txt"))) == 4 and len(read_list(str(out / "val.txt"))) == 2
+
+
+def test_classes_file_found_in_data_root_as_synth_and_split_lay_it_out(tmp_path):
+    """`cmpl-ray demo` then `cmpl-ray tune search_spaces/demo_laptop.yaml` (the README's sweep) sets no
+    data.classes_file: the splits are in <root>/splits, classes.txt in <root>."""
+    from cmpl_ray.config import load_config
+    from cmpl_ray.data.pipeline import class_names, classes_path
+
+    root = tmp_path / "demo_data"
+    (root / "splits").mkdir(parents=True)
+    sets = [f"data.root={root}", f"data.labeled_list={root}/splits/labeled.txt"]
+    cfg = load_config("demo", None, sets)
+    with pytest.raises(FileNotFoundError, match="beside the labeled list or in data.root"):
+        class_names(cfg)
+    (root / "classes.txt").write_text("a\nb\n")
+    assert classes_path(cfg) == f"{root}/classes.txt" and class_names(cfg) == ["a", "b"]
+    (root / "splits" / "classes.txt").write_text("x\ny\nz\n")  # beside the list wins
+    assert class_names(cfg) == ["x", "y", "z"]

@@ -24,9 +24,13 @@ from .lists import VideoItem, read_classes, read_list, resolve_path
 
 
 def classes_path(cfg: Config) -> str:
+    """``data.classes_file``, else the first ``classes.txt`` that exists beside the labeled list or in
+    ``data.root`` (the layout ``cmpl-ray synth`` and ``cmpl-ray split`` write: splits in ``<root>/splits``)."""
     if cfg.data.classes_file:
         return cfg.data.classes_file
-    return os.path.join(os.path.dirname(cfg.data.labeled_list) or ".", "classes.txt")
+    beside = os.path.join(os.path.dirname(cfg.data.labeled_list) or ".", "classes.txt")
+    in_root = os.path.join(cfg.data.root, "classes.txt") if cfg.data.root and "://" not in cfg.data.root else ""
+    return in_root if in_root and not os.path.exists(beside) and os.path.exists(in_root) else beside
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -41,7 +45,7 @@ def class_names(cfg: Config) -> list[str]:
         return [f"class_{i}" for i in range(cfg.model.num_classes)]
     raise FileNotFoundError(
         f"data.classes_file: {path} not found and model.num_classes is 0; "
-        "pass --set model.num_classes=N or write classes.txt beside the labeled list"
+        "pass --set model.num_classes=N or write classes.txt beside the labeled list or in data.root"
     )
 
 
