@@ -3,7 +3,7 @@
 # Versions come from constraints.txt (the lock of tested versions, written by scripts/lock.sh); CMPL_NO_LOCK=1
 # resolves from pyproject.toml's lower bounds instead. GPU nodes: set
 # CMPL_TORCH='torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu128' or install a CUDA torch
-# first; see README "GPU install".
+# first; see docs/cluster.md "GPU install".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -73,7 +73,7 @@ def test_node_types_exist_and_are_sane(raw, prepared):
         assert 0 <= t.get("max_workers", 0) <= raw["max_workers"], name
         assert t["node_config"]["InstanceType"], name
     assert any(t.get("max_workers", 0) > 0 for t in gpu_types.values()), "every GPU type is disabled"
-    # decode needs CPUs next to each GPU (README "Scaling": ~12-16 vCPU per GPU); the head does not train
+    # decode needs CPUs next to each GPU (docs/cluster.md "Scaling": ~12-16 vCPU per GPU); the head does not train
     for name, t in gpu_types.items():
         assert t["resources"]["CPU"] / t["resources"]["GPU"] >= 12, name
     assert types[raw["head_node_type"]]["resources"].get("GPU", 0) == 0

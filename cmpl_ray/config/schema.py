@@ -137,7 +137,7 @@ class DataConfig:
     cutout_uniform: bool = False
     """Draw each strong clip's Cutout side uniformly in [0, cutout] (TorchSSL/USB's FixMatch) instead of always
     ``cutout`` (FixMatch-pytorch). Measured on 3 splits: the milder uniform Cutout cost CMPL's auxiliary 8-14
-    points of top-1 and CMPL's primary 1-10, with FixMatch unchanged on average (README)."""
+    points of top-1 and CMPL's primary 1-10, with FixMatch unchanged on average (docs/fewlabel-cpu-study.md)."""
     eval_clips: int = 10
     """Uniformly spaced temporal clips per validation video (paper: 10)."""
     eval_crops: int = 3

@@ -250,7 +250,7 @@ def val_decoder(cfg: Config, num_classes: int, with_aux: bool) -> ClipDecoder:
 
 VAL_IN_WORKER_MAX = 256
 """Videos per rank up to which ``data.val_decode=auto`` decodes evaluation in the training worker. A Ray Data
-evaluation starts a new actor pool every time (3.2-4.0 s of a ~10 s demo-sized epoch, README "Measured here"),
+evaluation starts a new actor pool every time (3.2-4.0 s of a ~10 s demo-sized epoch, docs/benchmarks.md),
 but on a GPU node it decodes with the node's many decode CPUs while the worker has 2-3 threads: past a few hundred
 multi-view videos per rank the pool wins. The cut-off is a judgement, not measured at cluster scale."""
 

@@ -4,7 +4,7 @@
 # Usage:
 #   BUCKET=s3://my-bucket bash scripts/cluster/submit_train.sh [--set key=value ...]
 #   BUCKET=s3://my-bucket GPUS=4 PRESET=ucf101-1pct-r50 DATA=s3://my-bucket/ucf101 bash scripts/cluster/submit_train.sh
-# Env (default): PRESET (k400-1pct-r50), DATA ($BUCKET/k400, prepared as in the README), SPLIT (1pct_seed0),
+# Env (default): PRESET (k400-1pct-r50), DATA ($BUCKET/k400, prepared as in docs/cluster.md), SPLIT (1pct_seed0),
 #   GPUS (16: train.num_workers), DECODE_PER_GPU (12 decode actors per GPU), BASE_LR (0.1: the preset's lr for the
 #   paper's 16 GPUs; optim.lr = BASE_LR x GPUS / 16), RUN_NAME ($PRESET; re-submitting the same name resumes),
 #   RAY_ADDRESS (http://127.0.0.1:8265), DRY_RUN=1 prints the command instead of submitting.
