@@ -101,6 +101,8 @@ def test_set_overrides_types():
         ("data.aux_stride=0", "data.aux_stride"),
         ("model.aux_width=0.001", "model.aux_width"),
         ("model.primary_width=-1", "model.primary_width"),
+        ("model.primary_width=1.1e307", "model.primary_width"),  # base x width overflowed round() (fuzz)
+        ("model.aux_width=inf", "model.aux_width"),
         ("algo.name=meanteacher", "algo.name"),
         ("algo.scheme=best", "algo.scheme"),
         ("train.epochs=0", "train.epochs"),

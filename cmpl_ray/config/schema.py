@@ -45,9 +45,12 @@ def flip_pairs_problem(pairs: list[tuple[Any, Any]]) -> str:
     return ""
 
 
+MAX_WIDTH = 16.0  # 16x a ResNet-50's channels is far past any GPU's memory; above it is a typo
+
+
 def _channels_ok(width: float, base: int = 64) -> bool:
     # the narrowest stage of any arch has `base` channels before the multiplier (tiny: 16)
-    return width > 0 and round(base * width) >= 1
+    return 0 < width <= MAX_WIDTH and round(base * width) >= 1
 
 
 @dataclass
@@ -80,7 +83,8 @@ class ModelConfig:
             _check(
                 _channels_ok(getattr(self, key), base),
                 f"model.{key}",
-                f"must be > 0 and give at least one channel ({base} x width >= 0.5), got {getattr(self, key)}",
+                f"must be in (0, {MAX_WIDTH:g}] and give at least one channel ({base} x width >= 0.5), "
+                f"got {getattr(self, key)}",
             )
         _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _check(

@@ -93,7 +93,7 @@ def _trainer_class():
 def _ordered():
     """Ray Train's default ingest options with ``preserve_order``: the training batches (and, with several
     ranks, which rows each rank gets) follow the rows' order, not which decode actor finishes first, so a
-    run is a function of its seed (measured cost: README, "Data pipeline")."""
+    run is a function of its seed (measured cost: docs/data-pipeline.md)."""
     from ray.train import DataConfig
 
     opts = DataConfig.default_ingest_options()
@@ -178,7 +178,8 @@ def run_training(
     stored metrics with ``already_complete=True`` and trains nothing."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from .worker import CHECKPOINT_SCORE, train_loop_per_worker
+    from .runner import CHECKPOINT_SCORE
+    from .worker import train_loop_per_worker
 
     for key in ("data.root", "run.resume"):  # workers run in another working directory (and on other nodes)
         section, field = key.split(".")
@@ -345,7 +346,7 @@ def run_training(
         os.remove(mpath)  # only this run's result, from where rank 0 put it (it may run on another node)
     results.download(identity.run_dir(store, cfg.run.name), out_dir)
     metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
-    best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")  # an evaluated epoch's (worker.CHECKPOINT_SCORE)
+    best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")  # an evaluated epoch's (runner.CHECKPOINT_SCORE)
     metrics.update(
         wall_seconds=wall,
         best_checkpoint=best.path if best else None,

@@ -38,9 +38,8 @@ from ..data.pipeline import (
     resolve_flip_map,
     steps_per_epoch,
 )
-from .build import build_networks, make_optimizer
-from .ema import WeightEma
-from .loop import evaluate, per_class_accuracy, pseudo_label_per_class, summarize_eval, train_one_epoch
+from .loop import per_class_accuracy
+from .runner import RunCounters, build_nets, run_epoch
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -95,75 +94,47 @@ def run_local(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
-    primary, aux = build_networks(cfg, k)
-    primary, aux = primary.to(dev), (aux.to(dev) if aux is not None else None)
-    if on_gpu and cfg.train.channels_last:  # as the Ray Train worker does
-        primary = primary.to(memory_format=torch.channels_last_3d)
-        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
-    scaler = torch.amp.GradScaler("cuda") if on_gpu and cfg.train.amp == "fp16" else None
-    optimizer = make_optimizer(cfg, primary, aux)
-    ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    nets = build_nets(cfg, k, dev)
     dec = ClipDecoder(
-        "train",
-        dataclasses.asdict(cfg.data),
-        k,
-        cfg.uses_aux,
-        cfg.train.seed,
-        _pairs(labeled, cfg.data.root),
-        _pairs(unlabeled, cfg.data.root) if semi else None,
-        ratio,
-        flip_map=resolve_flip_map(cfg.data.flip_label_map, names),
-        one_thread=False,
-    )
-    total = steps * cfg.train.epochs
-    history: list[dict[str, float]] = []
-    counts = None
-    t_run = time.perf_counter()
+        "train", dataclasses.asdict(cfg.data), k, cfg.uses_aux, cfg.train.seed, _pairs(labeled, cfg.data.root),
+        _pairs(unlabeled, cfg.data.root) if semi else None, ratio,
+        flip_map=resolve_flip_map(cfg.data.flip_label_map, names), one_thread=False,
+    )  # fmt: skip
+    counters, out, t_run = RunCounters(), None, time.perf_counter()
     for epoch in range(cfg.train.epochs):
         rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, steps * b_l, ratio, [cfg.train.seed, epoch])
         keys = row_keys(epoch, np.arange(len(rows)))  # the Ray Train path keys its rows the same way
         loader = torch.utils.data.DataLoader(
-            StepBatches(dec, rows, keys, b_l),
-            batch_size=None,
-            num_workers=loader_workers,
-            prefetch_factor=4 if loader_workers else None,
-            worker_init_fn=_worker_init if loader_workers else None,
+            StepBatches(dec, rows, keys, b_l), batch_size=None, num_workers=loader_workers,
+            prefetch_factor=4 if loader_workers else None, worker_init_fn=_worker_init if loader_workers else None,
             pin_memory=on_gpu,
-        )
-        res = train_one_epoch(
-            primary,
-            aux,
-            optimizer,
-            loader,
-            cfg,
-            epoch=epoch,
-            steps=steps,
-            global_step=epoch * steps,
-            total_steps=total,
-            device=dev,
-            scaler=scaler,
-            ema=ema,
-        )
-        row = {f"train_{n}": v for n, v in res.means.items()}
-        row.update(epoch=epoch + 1, epoch_seconds=res.seconds, skipped_samples=len(res.bad_samples))
-        for net, c in res.pl_counts.items():  # this round's pseudo-labels per class (lists, not scalars)
-            row[f"pl_per_class_{net}"] = pseudo_label_per_class(c)
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            nets = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
-            counts = evaluate(nets[0], nets[1], iter_val_batches(cfg, val, k, aux is not None, threads=2), k, dev)
-            row.update(summarize_eval(counts, aux is not None))
-        history.append(row)
+        )  # fmt: skip
+        out = run_epoch(
+            nets, loader, cfg, counters, epoch=epoch, steps=steps, global_step=epoch * steps,
+            total_steps=steps * cfg.train.epochs, device=dev, num_classes=k,
+            val_batches=lambda: iter_val_batches(cfg, val, k, nets.aux is not None, threads=2),
+        )  # fmt: skip
+        row = counters.history[-1]
+        for net, per_class in (out.pseudo or {}).items():  # this round's pseudo-labels per class (lists)
+            row[f"pl_per_class_{net}"] = per_class
         if log:
-            ev = f" val top1 {row['val_top1']:.1f}" if "val_top1" in row else ""
-            ev += f" aux {row['aux_val_top1']:.1f}" if "aux_val_top1" in row else ""
-            log(
-                f"[local] epoch {epoch + 1}/{cfg.train.epochs} loss {row.get('train_loss', float('nan')):.3f}"
-                f"{ev} ({res.seconds:.0f} s, {time.perf_counter() - t_run:.0f} s total)"
-            )
-    final = {k: v for k, v in history[-1].items() if not k.startswith("pl_per_class_")}
-    final.update(history=history, seconds=time.perf_counter() - t_run, steps=total, class_names=names, device=str(dev))
-    if counts is not None:
-        final["per_class"] = per_class_accuracy(counts)
-        if aux is not None:
-            final["aux_per_class"] = per_class_accuracy(counts, "aux_")
+            log(_epoch_line(row, cfg.train.epochs, time.perf_counter() - t_run))
+    final = {k: v for k, v in counters.history[-1].items() if not k.startswith("pl_per_class_")}
+    final.update(
+        history=counters.history, seconds=time.perf_counter() - t_run, steps=steps * cfg.train.epochs,
+        class_names=names, device=str(dev),
+    )  # fmt: skip
+    if out is not None and out.counts is not None:
+        final["per_class"] = per_class_accuracy(out.counts)
+        if nets.aux is not None:
+            final["aux_per_class"] = per_class_accuracy(out.counts, "aux_")
     return final
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, wall: float) -> str:
+    ev = f" val top1 {row['val_top1']:.1f}" if "val_top1" in row else ""
+    ev += f" aux {row['aux_val_top1']:.1f}" if "aux_val_top1" in row else ""
+    return (
+        f"[local] epoch {int(row['epoch'])}/{epochs} loss {row.get('train_loss', float('nan')):.3f}"
+        f"{ev} ({row['epoch_seconds']:.0f} s, {wall:.0f} s total)"
+    )

@@ -1,6 +1,7 @@
 """The one per-worker function that touches ``ray.train``: shards, DDP wrapping, reports, checkpoints.
 
-Everything numeric happens in the Ray-free :mod:`cmpl_ray.train.loop`. Each worker holds BOTH networks, each
+Everything numeric happens Ray-free: an epoch is :func:`cmpl_ray.train.runner.run_epoch` (shared with the
+Ray-free runner), its steps :mod:`cmpl_ray.train.loop`. Each worker holds BOTH networks, each
 wrapped for DDP separately by ``prepare_model`` (one module per DDP wrapper, so no ``find_unused_parameters``),
 and ONE optimizer over both parameter sets, which is Eq. 6's joint objective. Rank 0 alone logs to MLflow
 and writes result files.
@@ -9,6 +10,7 @@ and writes result files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import logging
 import os
@@ -24,25 +26,19 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, from_dict, save_config
-from ..data.decode import DECODER_NAMES
 from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
 from . import attempts, results
 from . import checkpoint as ckpt
-from .build import build_networks, make_optimizer
 from .console import format_step, step_event
-from .ema import WeightEma
 from .identity import check_checkpoint
-from .loop import evaluate, per_class_accuracy, pseudo_label_per_class, summarize_eval, train_one_epoch
+from .loop import per_class_accuracy
 from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .relay import RelayClient
+from .runner import CHECKPOINT_SCORE, Collectives, EpochOutcome, Nets, RunCounters, build_nets, run_epoch
 from .tracking import Tracker, write_metrics_json
 
 log = logging.getLogger("cmpl_ray.train")
-
-CHECKPOINT_SCORE = "checkpoint_score"  # what Ray ranks checkpoints by: val_top1 of an evaluated epoch
-UNEVALUATED_SCORE = -1.0  # below any top-1: an epoch without evaluation is never the best checkpoint
-
 
 _board: list[Any] = [None]  # the driver's progress board (cmpl_ray.train.console), set by rank 0's loop
 
@@ -199,16 +195,11 @@ def _broadcast_from_rank0(nets: list[torch.nn.Module | None]) -> None:
                     t.copy_(buf.to(t.device))
 
 
-def _name_bad_files(epoch_bad, bad_files: dict[str, str], lists: dict[str, list[str]], rank: int) -> None:
-    """Record each bad (stream, index, code) once in ``bad_files`` and name its file once on rank 0."""
-    for src, idx, code in epoch_bad:
-        key = f"{src}:{idx}"
-        if key in bad_files:
-            continue
-        bad_files[key] = ERR_CODES.get(code, str(code))
-        if rank == 0:
-            lst = lists["labeled" if src == "l" else "unlabeled"]
-            say(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: {ERR_CODES.get(code, code)}")
+def _name_bad_files(new_bad: list[tuple[str, int, int]], lists: dict[str, list[str]]) -> None:
+    """One warning per file that failed for the first time (rank 0)."""
+    for src, idx, code in new_bad:
+        lst = lists["labeled" if src == "l" else "unlabeled"]
+        say(f"[cmpl-ray] WARNING skipped {lst[idx] if 0 <= idx < len(lst) else idx}: {ERR_CODES.get(code, code)}")
 
 
 def _worker_group_start(counter: Any, rank: int) -> tuple[str, int]:
@@ -222,8 +213,83 @@ def _worker_group_start(counter: Any, rank: int) -> tuple[str, int]:
     return answer[0]
 
 
+def _rank0_tracker(cfg: Config, config: dict[str, Any], rank: int) -> Tracker | None:
+    """Rank 0's MLflow logger, through the driver's relay actor when there is one. Metrics are sent once per
+    epoch, before its checkpoint; after a restart the redone steps are logged again and the Tracker drops every
+    (metric, step) the run already has, buffered ones too."""
+    if rank != 0 or not cfg.tracking.enabled:
+        return None
+    relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
+    buffer = os.path.join(config["output_dir"], "mlflow_buffer.jsonl")
+    return Tracker(config["tracking_uri"], config.get("run_id"), buffer, flush_every=10**9, client=relay)
+
+
+def _step_logger(cfg: Config, tracker: Tracker | None, rank: int, start_step: int, steps: int):
+    """``log_fn`` of the epoch loop: train/* to MLflow, and a progress event (bar or line) for the driver."""
+    total_steps, t_run = steps * cfg.train.epochs, time.perf_counter()
+
+    def log_step(step: int, stats: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
+        if rank == 0:
+            eta = (time.perf_counter() - t_run) / max(1, step - start_step) * (total_steps - step)
+            ev = step_event(step, total_steps, steps, cfg.train.epochs, stats, eta)
+            if not _push(ev):
+                say(format_step(ev))
+
+    return log_step
+
+
+def _log_epoch(tracker: Tracker | None, metrics: dict[str, float], global_step: int) -> None:
+    """The epoch's metrics to MLflow; the train_* epoch means stay in the report (Tune) and metrics.json (MLflow
+    has them per step as train/*)."""
+    if tracker is None:
+        return
+    hidden = (CHECKPOINT_SCORE, "evaluated")
+    tracker.log_metrics(
+        {k: v for k, v in metrics.items() if not k.startswith("train_") and k not in hidden}, global_step
+    )
+    tracker.flush()
+
+
+def _say_eval(out: EpochOutcome, skipped_total: int) -> None:
+    m = out.metrics
+    say(
+        f"[cmpl-ray] epoch {int(m['epoch'])}: val top1 {m['val_top1']:.2f} top5 {m.get('val_top5', 0):.2f} "
+        f"mean-class {m.get('val_mean_class_acc', 0):.2f}"
+        + (f" | aux top1 {m['aux_val_top1']:.2f}" if "aux_val_top1" in m else "")
+        + f" | skipped {skipped_total}"
+    )
+
+
+def _report(
+    cfg: Config, config: dict[str, Any], rank: int, epoch: int, nets: Nets, out: EpochOutcome, extra: dict[str, Any]
+) -> None:
+    """``ray.train.report`` of the epoch, with rank 0's checkpoint (networks, optimizer, EMA, counters)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            ckpt.save_checkpoint(
+                tmp, primary=nets.primary, aux=nets.aux, optimizer=nets.optimizer, scaler=nets.scaler, epoch=epoch,
+                global_step=out.global_step, config=cfg.to_dict(), metrics=out.metrics, extra=extra, ema=nets.ema,
+            )  # fmt: skip
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            if out.evaluated:
+                _say_eval(out, extra["skipped_total"])
+        ray.train.report(out.metrics, checkpoint=checkpoint)
+
+
+RAY_COLLECTIVES = Collectives(
+    reduce_counts=lambda counts: _all_reduce_counts(counts), gather=lambda obj: _gather(obj),
+    sync_eval_weights=lambda nets: _broadcast_from_rank0(nets),
+)  # fmt: skip
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: cfg (dict), num_classes, class_names, steps, run_id, tracking_uri."""
+    """Ray Train entry point. ``config``: cfg (dict), num_classes, class_names, steps, run_id, tracking_uri, ...
+
+    Its Ray touchpoints: the context (rank, world), ``prepare_model`` (DDP), the dataset shards, the restored
+    checkpoint, and one ``ray.train.report`` per epoch; the epoch itself is :func:`~.runner.run_epoch`."""
     cfg: Config = from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -233,213 +299,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
-    num_classes, names, steps = config["num_classes"], config["class_names"], config["steps"]
-
-    primary, aux = build_networks(cfg, num_classes)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
+    num_classes, steps = config["num_classes"], config["steps"]
 
     session, attempt = _worker_group_start(config.get("attempts"), rank)
-    start_epoch, global_step, history, best = 0, 0, [], -1.0
-    skipped_total, looped_total, bad_files, good_total = 0, 0, {}, 0
-    read_by: dict[str, set[str]] = {name: set() for name in DECODER_NAMES.values()}  # "l:3" keys, run-wide
     state, own_checkpoint = _restore_state(cfg, config)
-    restarts = attempts.restarts(
-        session, attempt, state.get("extra", {}) if state is not None else None, own_checkpoint
-    )
-    if state is not None:
-        ckpt.restore(state, primary=primary, aux=aux, scaler=scaler)  # optimizer: after the move to device
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        extra = state.get("extra", {})
-        history, best = extra.get("history", []), extra.get("best", -1.0)
-        skipped_total, looped_total = extra.get("skipped_total", 0), extra.get("looped_total", 0)
-        good_total = extra.get("good_total", 0)
-        bad_files = extra.get("bad_files", {})
-        read_by.update({name: set(keys) for name, keys in extra.get("read_by", {}).items()})
-        if rank == 0:
-            say(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})")
-    elif restarts and rank == 0:
+    extra = state.get("extra", {}) if state is not None else None
+    restarts = attempts.restarts(session, attempt, extra, own_checkpoint)
+    counters = RunCounters.from_extra(extra)
+    nets = build_nets(cfg, num_classes, device, state, wrap=ray.train.torch.prepare_model)
+    start_epoch, global_step = (state["epoch"] + 1, state["global_step"]) if state is not None else (0, 0)
+    if rank == 0 and state is not None:
+        say(f"[cmpl-ray] resumed at epoch {start_epoch} (step {global_step})")
+    elif rank == 0 and restarts:
         say(f"[cmpl-ray] restarted from the beginning (restart {restarts}: no checkpoint yet)")
 
-    if cfg.train.channels_last and device.type == "cuda":  # before DDP wraps (and buckets) the parameters
-        primary = primary.to(memory_format=torch.channels_last_3d)
-        aux = aux.to(memory_format=torch.channels_last_3d) if aux is not None else None
-    primary = ray.train.torch.prepare_model(primary)
-    if aux is not None:
-        aux = ray.train.torch.prepare_model(aux)
-    # one optimizer over both networks (Eq. 6), built after the move so its state lives on the device
-    optimizer = make_optimizer(cfg, primary, aux)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    # EMA of the (DDP-synchronised, hence identical on every rank) weights: what evaluation measures
-    ema = WeightEma([primary, aux], cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    if ema is not None and state is not None and state.get("ema"):
-        ema.load_state_dict(state["ema"])
-
-    tracker = None
-    if rank == 0 and cfg.tracking.enabled:
-        # sent once per epoch, before its checkpoint; after a restart (with or without a checkpoint) the redone
-        # steps are logged again and the Tracker drops every (metric, step) the run already has, buffered ones too
-        relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
-        tracker = Tracker(
-            config["tracking_uri"],
-            config.get("run_id"),
-            os.path.join(config["output_dir"], "mlflow_buffer.jsonl"),
-            flush_every=10**9,
-            client=relay,
-        )
-    total_steps = steps * cfg.train.epochs
-    t_run = time.perf_counter()
-
-    def log_step(step: int, stats: dict[str, float]) -> None:
-        if tracker is not None:
-            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step)
-        if rank == 0:
-            done = step - start_epoch * steps
-            eta = (time.perf_counter() - t_run) / max(1, done) * (total_steps - step)
-            ev = step_event(step, total_steps, steps, cfg.train.epochs, stats, eta)
-            if not _push(ev):
-                say(format_step(ev))
-
+    tracker = _rank0_tracker(cfg, config, rank)
+    log_step = _step_logger(cfg, tracker, rank, start_epoch * steps, steps)
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = config.get("epoch_clock")  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
-    val_batches = _val_source(cfg, config, num_classes, aux is not None, rank, world)
-    semi = cfg.algo.name != "supervised"
-    metrics: dict[str, float] = {}
-    counts = None
-    pseudo: dict[str, dict[str, list[float]]] | None = None  # last epoch's pseudo-labels per class and network
-    run_batches = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
+    stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
+    val_batches = _val_source(cfg, config, num_classes, nets.aux is not None, rank, world)
+    coll = dataclasses.replace(RAY_COLLECTIVES, world=world)
+    out = None
     for epoch in range(start_epoch, cfg.train.epochs):
-        batches = itertools.islice(run_batches, steps)  # this epoch's steps of the run-long stream
-        res = train_one_epoch(
-            primary,
-            aux,
-            optimizer,
-            batches,
-            cfg,
-            epoch=epoch,
-            steps=steps,
-            global_step=global_step,
-            total_steps=total_steps,
-            device=device,
-            scaler=scaler,
-            log_fn=log_step,
-            ema=ema,
-        )
-        global_step += res.steps + res.skipped_steps
-        if res.pl_counts:  # this epoch's pseudo-labels per class, over every rank (per_class.csv, metrics.json)
-            pseudo = {n: pseudo_label_per_class(c) for n, c in _all_reduce_counts(dict(res.pl_counts)).items()}
-        # bad samples of every rank -> one warning per file on rank 0, exact counts
-        gathered = _gather((res.bad_samples, res.looped_samples, res.steps, res.good_samples, res.read_by))
-        for g in gathered:
-            for code, keys in g[4].items():
-                read_by[DECODER_NAMES[code]].update(f"{src}:{i}" for src, i in keys)
-        good_total += sum(g[3] for g in gathered)
-        epoch_bad = [b for g in gathered for b in g[0]]
-        looped_total += sum(g[1] for g in gathered)
-        skipped_total += len(epoch_bad)
-        _name_bad_files(epoch_bad, bad_files, config["lists"], rank)
-        if len(epoch_bad) >= steps * cfg.train.batch_labeled * world * (1 + (cfg.algo.unlabeled_ratio if semi else 0)):
-            raise RuntimeError("every training video of this epoch failed to decode: check data.root and the lists")
-        metrics = {f"train_{k}": v for k, v in res.means.items()}
-        metrics.update(
-            epoch=epoch + 1,
-            global_step=global_step,
-            skipped_samples=skipped_total,
-            good_samples=good_total,
-            looped_samples=looped_total,
-            skipped_steps=res.skipped_steps,
-            epoch_seconds=res.seconds,
-            restarts=restarts,
-            **{f"files_read_by_{n}": len(k) for n, k in read_by.items()},
-        )
-        evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
-        if evaluated:
-            eval_p, eval_a = (ema.nets[0], ema.nets[1]) if ema is not None else (primary, aux)
-            _broadcast_from_rank0([eval_p, eval_a])
-            counts = _all_reduce_counts(evaluate(eval_p, eval_a, val_batches(), num_classes, device))
-            ev = summarize_eval(counts, aux is not None)
-            best = max(best, ev["val_top1"])
-            metrics.update(ev)
-        # Ray ranks checkpoints by CHECKPOINT_SCORE: an epoch without evaluation can never be the best one
-        metrics.update(
-            val_top1_best=best,
-            evaluated=float(evaluated),
-            **{CHECKPOINT_SCORE: metrics["val_top1"] if evaluated else UNEVALUATED_SCORE},
-        )
-        history.append({k: float(v) for k, v in metrics.items()})
-        if tracker is not None:
-            # the train_* epoch means stay in the report (Tune) and metrics.json: MLflow has them per step as train/*
-            tracker.log_metrics(
-                {
-                    k: v
-                    for k, v in metrics.items()
-                    if not k.startswith("train_") and k not in (CHECKPOINT_SCORE, "evaluated")
-                },
-                global_step,
-            )
-            tracker.flush()
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                extra = {
-                    "history": history,
-                    "best": best,
-                    "skipped_total": skipped_total,
-                    "good_total": good_total,
-                    "looped_total": looped_total,
-                    "bad_files": bad_files,
-                    "class_names": names,
-                    "restarts": restarts,
-                    "session": session,
-                    "attempt": attempt,
-                    "identity": config.get("identity"),
-                    "read_by": {n: sorted(k) for n, k in read_by.items()},
-                }
-                ckpt.save_checkpoint(
-                    tmp,
-                    primary=primary,
-                    aux=aux,
-                    optimizer=optimizer,
-                    scaler=scaler,
-                    epoch=epoch,
-                    global_step=global_step,
-                    config=cfg.to_dict(),
-                    metrics=metrics,
-                    extra=extra,
-                    ema=ema,
-                )
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                if evaluated:
-                    say(
-                        f"[cmpl-ray] epoch {epoch + 1}: val top1 {metrics['val_top1']:.2f} top5 "
-                        f"{metrics.get('val_top5', 0):.2f} mean-class {metrics.get('val_mean_class_acc', 0):.2f}"
-                        + (f" | aux top1 {metrics['aux_val_top1']:.2f}" if "aux_val_top1" in metrics else "")
-                        + f" | skipped {skipped_total}"
-                    )
-            ray.train.report(metrics, checkpoint=checkpoint)
+        out = run_epoch(
+            nets, itertools.islice(stream, steps), cfg, counters, epoch=epoch, steps=steps, global_step=global_step,
+            total_steps=steps * cfg.train.epochs, device=device, val_batches=val_batches, num_classes=num_classes,
+            coll=coll, log_fn=log_step, extra_metrics={"restarts": restarts},
+        )  # fmt: skip
+        global_step = out.global_step
+        if rank == 0:
+            _name_bad_files(out.new_bad, config["lists"])
+        _log_epoch(tracker, out.metrics, global_step)
+        run_record = {"class_names": config["class_names"], "restarts": restarts, "session": session,
+                      "attempt": attempt, "identity": config.get("identity")}  # fmt: skip
+        _report(cfg, config, rank, epoch, nets, out, {**counters.to_extra(), **run_record})
 
-    if start_epoch >= cfg.train.epochs and history:
+    if start_epoch >= cfg.train.epochs and counters.history:
         # resumed after the last epoch's checkpoint (e.g. an interrupted sweep re-entering a finished trial):
         # report the final metrics again so Tune records the trial as complete, not stopped at its last report
-        ray.train.report({k: v for k, v in history[-1].items()})
+        ray.train.report(dict(counters.history[-1]))
     if rank == 0:
-        _write_results(
-            cfg,
-            config,
-            history,
-            dict(
-                skipped_samples=skipped_total,
-                looped_samples=looped_total,
-                restarts=restarts,
-                good_samples=good_total,
-                bad_files=bad_files,
-                world_size=world,
-            ),
-            counts,
-            pseudo,
-            aux is not None,
-            tracker,
-        )
+        totals = dict(
+            skipped_samples=counters.skipped_total, looped_samples=counters.looped_total, restarts=restarts,
+            good_samples=counters.good_total, bad_files=counters.bad_files, world_size=world,
+        )  # fmt: skip
+        counts, pseudo = (out.counts, out.pseudo) if out is not None else (None, None)
+        _write_results(cfg, config, counters.history, totals, counts, pseudo, nets.aux is not None, tracker)
 
 
 def _write_results(
