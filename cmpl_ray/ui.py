@@ -33,6 +33,7 @@ METRICS = ("val_top1", "val_mean_class_acc", "aux_val_top1")
 SHARE_TAG = "mlflow.sharedViewState."
 MAX_PARAMS = 8  # more parameter columns push the metrics off a laptop screen
 HIDDEN_PARAM_PREFIXES = ("run.", "tracking.", "derived.", "description")
+PATH_PARAMS = {"data.root", "data.labeled_list", "data.unlabeled_list", "data.val_list", "data.classes_file"}
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # ~8 s to answer instead of ~20-50 s on 2 cores
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -65,7 +66,10 @@ def varying_params(runs: list, always: tuple[str, ...] = ("algo.name",)) -> list
             continue
         for k, v in r.data.params.items():
             values.setdefault(k, set()).add(v)
-    differ = sorted(k for k, vs in values.items() if len(vs) > 1 and not k.startswith(HIDDEN_PARAM_PREFIXES))
+    differ = sorted(
+        (k for k, vs in values.items() if len(vs) > 1 and not k.startswith(HIDDEN_PARAM_PREFIXES)),
+        key=lambda k: (k in PATH_PARAMS, k),  # file paths (long, often only absolute vs relative) last
+    )
     keep = [k for k in always if k in values] + [k for k in differ if k not in always]
     return keep[:MAX_PARAMS]
 

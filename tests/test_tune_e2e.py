@@ -119,6 +119,10 @@ def test_sweep_asha_mlflow_report_and_resume_after_ctrl_c(synth_root, tmp_path):
     assert set(by_lr) == {0.05, 0.2, 0.4}
     status = {lr: k.data.tags["cmpl.tune.status"] for lr, k in by_lr.items()}
     assert status[0.05] == "completed" and status[0.4] == "early_stopped"
+    # a stopped trial is KILLED and ended when it last reported, not when the sweep ended (its UI duration)
+    stopped = by_lr[0.4]
+    last_epoch = max(m.timestamp for m in client.get_metric_history(stopped.info.run_id, "epoch"))
+    assert stopped.info.status == "KILLED" and stopped.info.end_time == last_epoch
     assert by_lr[0.05].data.tags.get("cmpl.tune.best") == "true"
     assert sum(k.data.tags.get("cmpl.tune.best") == "true" for k in kids) == 1
     for k in kids:

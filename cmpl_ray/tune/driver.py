@@ -408,8 +408,11 @@ def _tag_mlflow(
             client.set_tag(c.info.run_id, "cmpl.tune.epochs", str(r["epochs"]))
             if best_row is not None and r is best_row:
                 client.set_tag(c.info.run_id, "cmpl.tune.best", "true")
-            if c.info.status == "RUNNING":
-                client.set_terminated(c.info.run_id, "KILLED" if r["status"] != "completed" else "FINISHED")
+            if c.info.status == "RUNNING":  # stopped by the scheduler: it ended when it last reported, not now
+                last = client.get_metric_history(c.info.run_id, "epoch")
+                end = max((m.timestamp for m in last), default=None)
+                status = "KILLED" if r["status"] != "completed" else "FINISHED"
+                client.set_terminated(c.info.run_id, status, end_time=end)
         client.log_metric(parent, "sweep_wall_seconds", wall)
         client.log_metric(parent, "trials", len(rows))
         client.log_metric(parent, "early_stopped", sum(r["status"] == "early_stopped" for r in rows))
