@@ -26,8 +26,8 @@ import time
 import urllib.request
 from typing import Any
 
-from .train import tracking
-from .train.mlflow_run import UI_PARAM
+from .tracking import tracker as tracking
+from .tracking.runs import UI_PARAM
 
 METRICS = ("val_top1", "val_mean_class_acc", "aux_val_top1")
 SHARE_TAG = "mlflow.sharedViewState."
@@ -194,7 +194,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def prepare(uri: str, sweep: str | None = None, experiment: str | None = None) -> tuple[str, str]:
     """Write the view for ``uri`` (a sweep's or an experiment's); (experiment id, share key)."""
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     exp_id, key, state = sweep_view(client, sweep, experiment) if sweep else experiment_view(client, experiment)
     publish(client, exp_id, key, state)
     return exp_id, key

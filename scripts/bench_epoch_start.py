@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: what an epoch boundary costs the Ray Train path (issue 18), this checkout vs a git ref.
+"""Benchmark: what an epoch boundary costs the Ray Train path, this checkout vs a git ref.
 
 Trains the demo recipe on the demo set through the real ``run_training`` (local Ray, MLflow) with short
 epochs and ``train.log_every`` = ``--window`` steps, then reads the per-window ``train/clips_per_s`` history

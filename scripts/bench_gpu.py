@@ -1,4 +1,4 @@
-"""GPU benchmark: R50 8x8 primary + R50x1/4 16x4 auxiliary at 224^2 with AMP (issue 4, item 9).
+"""GPU benchmark: R50 8x8 primary + R50x1/4 16x4 auxiliary at 224^2 with AMP.
 
 Two measurements on one device, both through the project's own ``train_one_epoch``:
 
@@ -17,7 +17,7 @@ strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is
     python scripts/bench_gpu.py --preset ucf101-1pct-r18 --set data.crop_size=112 --json bench.json
 
 ``--set`` overrides the preset (the networks, clip shape and crop the bench measures); ``--json`` also writes the
-compute rows as a JSON list. ``--aux-variants`` adds CMPL rows with the auxiliary's cost hidden two ways (issue 18):
+compute rows as a JSON list. ``--aux-variants`` adds CMPL rows with the auxiliary's cost hidden two ways:
 ``aux_stream`` (``train.aux_stream``: its forward/backward on a second CUDA stream; first checks that the gradients
 match the one-stream step's) and ``compile_aux`` (``torch.compile`` of the auxiliary, compile time reported apart).
 ``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.

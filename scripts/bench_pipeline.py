@@ -37,11 +37,11 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from cmpl_ray.config import load_config
-    from cmpl_ray.data.decode import probe, read_frames
     from cmpl_ray.data.lists import read_list
     from cmpl_ray.data.pipeline import ClipDecoder, _pairs
     from cmpl_ray.data.sampling import sample_train_indices
     from cmpl_ray.data.synth import make_synthetic_dataset
+    from cmpl_ray.data.video_reader import probe, read_frames
 
     root = args.root or os.path.join(tempfile.mkdtemp(), "bench")
     if not args.root:

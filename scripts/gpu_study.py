@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU study (issue 18): supervised / FixMatch / CMPL on one suite family, R18-class networks, 3 seeds, one command.
+"""GPU study: supervised / FixMatch / CMPL on one suite family, R18-class networks, 3 seeds, one command.
 
 Why it is built this way:
 
@@ -274,7 +274,7 @@ def main() -> int:
 
     if args.smoke:
         torch.set_num_threads(1)  # a shared 2-core machine: spinning OpenMP threads cost more than they give
-    import cmpl_ray.data.decoder as decoder_mod
+    import cmpl_ray.data.clip_decoder as decoder_mod
     from cmpl_ray.config import load_config
     from cmpl_ray.data.lists import read_list, split_labeled, write_list
     from cmpl_ray.data.pipeline import _pairs

@@ -28,7 +28,7 @@ def check_env(pretend: list[str]) -> tuple[dict[str, bool], list[str]]:
     if not have["yaml"]:
         raise SystemExit("gpu_study: PyYAML is missing, so the presets cannot be read; carry its wheel (.whl)")
     if not have["decord"]:
-        stub = types.ModuleType("decord")  # cmpl_ray.data.decode imports it; clips here never come from it
+        stub = types.ModuleType("decord")  # cmpl_ray.data.video_reader imports it; clips here never come from it
         stub.bridge = types.SimpleNamespace(set_bridge=lambda *_: None)
         sys.modules["decord"] = stub  # no VideoReader: a stray decord call fails loudly
         notes.append("decord missing: stub module; clips come from memory")
@@ -54,7 +54,7 @@ class MemoryVideos:
 
     def read_sampled(self, src, choose, short_side=None, timeout_s=30.0, num_threads=1):
         from cmpl_ray.data.augment import _resize
-        from cmpl_ray.data.decode import BadVideo, target_size
+        from cmpl_ray.data.video_reader import BadVideo, target_size
 
         v = self.videos.get(str(src))
         if v is None:

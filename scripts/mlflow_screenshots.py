@@ -14,7 +14,7 @@ to, in headless Chromium through Playwright:
 - ``mlflow-run-charts-val.png``: its top-1 charts (``val_*``, ``aux_val_*``) per evaluation.
 
 Pages are opened with ``?workflowType=machine_learning``: MLflow 3.17's UI otherwise opens every experiment on its
-GenAI pages (see cmpl_ray/train/mlflow_run.py). The UI is a React app that fetches after loading: each shot waits
+GenAI pages (see cmpl_ray/tracking/runs.py). The UI is a React app that fetches after loading: each shot waits
 for a text of the page to render (the run's name, the model, a metric), then up to 10 s for the network to go idle
 (the runs page keeps polling) and 2.5 s for charts. The MLflow Assistant side panel is closed first
 (localStorage) so the pages get the full width.

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from cmpl_ray.data import decode
-from cmpl_ray.data.decode import BadVideo, probe, read_frames, target_size
+from cmpl_ray.data import video_reader as decode
+from cmpl_ray.data.video_reader import BadVideo, probe, read_frames, target_size
 
 N_FRAMES, H, W, FPS = 40, 64, 96, 20
 LEVEL0, STEP = 8, 6  # frame t is a flat grey of LEVEL0 + STEP * t: the brightness encodes the index
@@ -196,7 +196,7 @@ def test_bad_indices_and_bad_video_api(video):
 
 
 def test_read_sampled_chooses_from_the_open_reader(video):
-    from cmpl_ray.data.decode import read_sampled
+    from cmpl_ray.data.video_reader import read_sampled
 
     seen = {}
 

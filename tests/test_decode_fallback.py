@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from cmpl_ray.data import decode
-from cmpl_ray.data.decode import DECODER_NAMES, DECORD, PYAV, BadVideo, probe, read_frames, read_sampled
+from cmpl_ray.data import video_reader as decode
+from cmpl_ray.data.video_reader import DECODER_NAMES, DECORD, PYAV, BadVideo, probe, read_frames, read_sampled
 
 N, H, W, FPS = 40, 64, 96, 20
 LEVEL0, STEP = 8, 6  # frame t is a flat grey of LEVEL0 + STEP * t: the brightness encodes the index
@@ -228,7 +228,7 @@ def test_fallback_shares_the_timeout(h264, monkeypatch):
 
 def test_clip_decoder_says_which_backend_read_each_video(tmp_path, av1):
     from cmpl_ray.config import load_config
-    from cmpl_ray.data.decoder import ClipDecoder
+    from cmpl_ray.data.clip_decoder import ClipDecoder
 
     sets = [
         "data.crop_size=32",

@@ -48,7 +48,7 @@ def test_memory_videos_serve_the_decoder_contract():
     assert frames.shape == (3, 64, 80, 3) and frames.dtype == np.uint8  # short side 64, aspect kept, index clamped
     same, _, _ = mem.read_sampled("/d/a.mp4", lambda n, f: np.array([2]), None)
     assert np.array_equal(same[0], video[2])
-    from cmpl_ray.data.decode import BadVideo
+    from cmpl_ray.data.video_reader import BadVideo
 
     with pytest.raises(BadVideo):
         mem.read_sampled("/d/missing.mp4", lambda n, f: np.array([0]))

@@ -19,7 +19,9 @@ import torch
 from cmpl_ray.cli import main
 from cmpl_ray.config import ConfigError, load_config
 from cmpl_ray.data.lists import read_list, split_labeled, write_list
-from cmpl_ray.train import mlflow_model, mlflow_run, tracking
+from cmpl_ray.tracking import runs as mlflow_run
+from cmpl_ray.tracking import tracker as tracking
+from cmpl_ray.train import mlflow_model
 from cmpl_ray.train.build import build_networks
 from cmpl_ray.train.checkpoint import save_checkpoint
 from cmpl_ray.train.ema import WeightEma
@@ -87,7 +89,7 @@ def logged(synth_root, tmp_path_factory):
     uri = cfg.tracking.uri
     run_id = mlflow_run.start_run(uri, "mlmodel-exp", "r1", {"algo.name": "cmpl"})
     assert mlflow_run.log_list_inputs(uri, run_id, cfg)
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     client.log_metric(run_id, "val_top1", 37.5, step=6)
     done = mlflow_model.publish_best(cfg, uri, run_id, _Ckpt(d / "best"), verbose=False)
     return cfg, uri, run_id, d, done, client

@@ -6,9 +6,9 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
-from cmpl_ray.train.mlflow_run import start_run
-from cmpl_ray.train.relay import RelayClient, start_relay
-from cmpl_ray.train.tracking import Tracker
+from cmpl_ray.tracking.relay import RelayClient, start_relay
+from cmpl_ray.tracking.runs import start_run
+from cmpl_ray.tracking.tracker import Tracker
 
 
 @pytest.fixture(scope="module")

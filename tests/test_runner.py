@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cmpl_ray.config import load_config
-from cmpl_ray.data.decoder import ERR_CODES
+from cmpl_ray.data.clip_decoder import ERR_CODES
 from cmpl_ray.train.runner import (
     CHECKPOINT_SCORE,
     UNEVALUATED_SCORE,

@@ -15,9 +15,9 @@ import warnings
 
 import pytest
 
-from cmpl_ray.train import plots, tracking
-from cmpl_ray.train.mlflow_run import find_run, start_run
-from cmpl_ray.train.tracking import (
+from cmpl_ray.tracking import tracker as tracking
+from cmpl_ray.tracking.runs import find_run, start_run
+from cmpl_ray.tracking.tracker import (
     Tracker,
     TrackingWarning,
     replay_buffer,
@@ -25,6 +25,7 @@ from cmpl_ray.train.tracking import (
     ui_command,
     write_metrics_json,
 )
+from cmpl_ray.train import plots
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ class _Switchable:
     connection errors; nothing is faked)."""
 
     def __init__(self, uri, dead_uri):
-        self.up, self.dead, self.down = tracking._client(uri), tracking._client(dead_uri), False
+        self.up, self.dead, self.down = tracking.mlflow_client(uri), tracking.mlflow_client(dead_uri), False
 
     def __getattr__(self, name):
         return getattr(self.dead if self.down else self.up, name)

@@ -324,7 +324,7 @@ class TrainConfig:
     """Use channels_last_3d memory format on GPU."""
     aux_stream: bool = False
     """CMPL on GPU: queue the auxiliary's forward/backward on a second CUDA stream so its small kernels overlap
-    the primary's (issue 18; ``scripts/bench_gpu.py --aux-variants aux_stream`` measures it). Same math; ignored
+    the primary's (``scripts/bench_gpu.py --aux-variants aux_stream`` measures it). Same math; ignored
     on CPU."""
     seed: int = 0
     """Global seed: weights, sampling and augmentation are reproducible for a seed."""

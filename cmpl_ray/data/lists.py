@@ -25,14 +25,13 @@ import io
 import math
 import os
 import posixpath
-import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+from ..files import is_uri, read_text, write_text  # noqa: F401  (is_uri: re-exported for the data commands)
 
 
 @dataclass(frozen=True)
@@ -45,41 +44,6 @@ class VideoItem:
 
 class ListFormatError(ValueError):
     """A malformed list/classes file; the message starts with ``file:line:``."""
-
-
-def is_uri(path: str) -> bool:
-    """True for ``scheme://...`` paths (handled by pyarrow), False for plain local paths."""
-    return bool(_URI_RE.match(str(path)))
-
-
-def _read_text(path: str) -> str:
-    """Read a whole text file, local or URI (utf-8, BOM tolerated)."""
-    if is_uri(path):
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as stream:
-            return stream.read().decode("utf-8-sig")
-    with open(path, encoding="utf-8-sig") as fh:
-        return fh.read()
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a text file, local (parents created) or URI."""
-    if is_uri(path):
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        parent = posixpath.dirname(inner)
-        if parent:
-            filesystem.create_dir(parent, recursive=True)
-        with filesystem.open_output_stream(inner) as stream:
-            stream.write(text.encode("utf-8"))
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
 
 
 def resolve_path(root: str, rel: str) -> str:
@@ -123,7 +87,7 @@ def parse_list(text: str, source: str = "<list>", num_classes: int | None = None
 
 def read_list(path: str, num_classes: int | None = None) -> list[VideoItem]:
     """Read a list file (local path or pyarrow URI); optionally check labels < num_classes."""
-    return parse_list(_read_text(path), str(path), num_classes)
+    return parse_list(read_text(path), str(path), num_classes)
 
 
 def format_list(items) -> str:
@@ -141,12 +105,12 @@ def format_list(items) -> str:
 
 def write_list(path: str, items) -> None:
     """Write ``items`` (VideoItem-like) as a list file (local or URI)."""
-    _write_text(path, format_list(items))
+    write_text(path, format_list(items))
 
 
 def read_classes(path: str) -> list[str]:
     """Read classes.txt: line i names class id i (trailing blank lines allowed)."""
-    lines = [ln.strip() for ln in _read_text(path).splitlines()]
+    lines = [ln.strip() for ln in read_text(path).splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     seen: dict[str, int] = {}
@@ -167,7 +131,7 @@ def write_classes(path: str, names) -> None:
             raise ValueError(f"bad class name {n!r}")
     if len(set(names)) != len(names):
         raise ValueError("duplicate class names")
-    _write_text(path, "".join(n + "\n" for n in names))
+    write_text(path, "".join(n + "\n" for n in names))
 
 
 # ----------------------------------------------------------------------------- importers
@@ -194,7 +158,7 @@ def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dic
         raise FileNotFoundError(f"no ucfTrainTestlist/ under {root} (download UCF101TrainTestSplits)")
     class_file = os.path.join(ann, "classInd.txt")
     ids: dict[int, str] = {}
-    for lineno, line in enumerate(_read_text(class_file).splitlines(), 1):
+    for lineno, line in enumerate(read_text(class_file).splitlines(), 1):
         if line.strip():
             parts = line.split()
             if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) < 1:
@@ -214,7 +178,7 @@ def prepare_ucf101(root: str, split: int = 1, out_dir: str | None = None) -> dic
     def convert(name: str, labelled: bool) -> list[VideoItem]:
         fname = os.path.join(ann, name)
         items = []
-        for lineno, line in enumerate(_read_text(fname).splitlines(), 1):
+        for lineno, line in enumerate(read_text(fname).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -255,7 +219,7 @@ def prepare_kinetics400(root: str, out_dir: str | None = None) -> dict:
         raise FileNotFoundError(f"need {train_csv} and {ann}/validate.csv (or val.csv)")
 
     def rows(fname: str) -> list[tuple[str, str, str]]:
-        reader = csv.DictReader(io.StringIO(_read_text(fname)))
+        reader = csv.DictReader(io.StringIO(read_text(fname)))
         need = {"label", "youtube_id", "time_start", "time_end"}
         if not need <= set(reader.fieldnames or []):
             raise ListFormatError(f"{fname}:1: header must contain {sorted(need)}, got {reader.fieldnames}")

@@ -2,9 +2,9 @@
 
 The training dataset holds only row positions; what each epoch samples is drawn from (seed, epoch,
 position) (:mod:`cmpl_ray.data.epochs`) and decoded lazily in ``map_batches`` actors
-(:class:`~cmpl_ray.data.decoder.ClipDecoder`), so the dataset is never materialised and memory stays bounded
+(:class:`~cmpl_ray.data.clip_decoder.ClipDecoder`), so the dataset is never materialised and memory stays bounded
 by Ray Data's streaming backpressure. Clips stay uint8 until the training worker normalises them on its
-device. Bad videos become flagged zero clips (:data:`~cmpl_ray.data.decoder.ERR_CODES`).
+device. Bad videos become flagged zero clips (:data:`~cmpl_ray.data.clip_decoder.ERR_CODES`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, DataConfig
-from .decoder import ERR_CODES, ClipDecoder, _fetch  # noqa: F401  (ERR_CODES: re-exported)
+from .clip_decoder import ERR_CODES, ClipDecoder, fetch_video  # noqa: F401  (ERR_CODES: re-exported)
 from .epochs import epoch_rows  # noqa: F401  (re-exported)
 from .lists import VideoItem, read_classes, read_list, resolve_path
 
@@ -98,7 +98,7 @@ def resolve_data(cfg: Config, labeled: list[VideoItem]) -> Config:
         short, errors = None, []
         for it in labeled[:8]:
             try:
-                h, w = decord.VideoReader(_fetch(resolve_path(dc.root, it.path)), num_threads=1)[0].shape[:2]
+                h, w = decord.VideoReader(fetch_video(resolve_path(dc.root, it.path)), num_threads=1)[0].shape[:2]
                 short = min(h, w)
                 break
             except Exception as e:  # an unreadable first video must not decide the crop

@@ -1,7 +1,7 @@
 """Benchmark suite: synthetic video families that differ in WHAT carries the class.
 
-Why: a recipe developed on one synthetic set learns that set and little else (issue 15: the shipped CPU
-recipes stayed near chance on a held-out set). Each family fixes one cue and varies the nuisances a real
+Why: a recipe developed on one synthetic set learns that set and little else (the first CPU recipes stayed
+near chance on a held-out set). Each family fixes one cue and varies the nuisances a real
 dataset varies, so a recipe that works on all of them has not just memorised one generator:
 
 ==============  ===========================  =========  ======  =====  ==========  ======  ===========
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .lists import VideoItem, write_classes, write_list
-from .synth import _shape_sd, write_video
+from .synth import shape_sd, write_video
 
 PHOTOS_TUNE = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "ihc", "brick")
 PHOTOS_HELDOUT = ("retina", "motorcycle_right", "camera", "coins", "gravel", "grass")
@@ -339,7 +339,7 @@ def _distractor(rng: np.random.Generator, t: np.ndarray, w: int, h: int) -> Trac
 def _sd(shape: str, dx: np.ndarray, dy: np.ndarray, s: np.ndarray) -> np.ndarray:
     if shape == "bar":  # a long thin bar: its orientation is visible, so a spin direction is too
         return np.minimum(s - np.abs(dx), 0.22 * s - np.abs(dy))
-    return _shape_sd(shape, dx, dy, s)
+    return shape_sd(shape, dx, dy, s)
 
 
 def _contrast_colour(rng: np.random.Generator, bg_mean: np.ndarray) -> np.ndarray:

@@ -153,7 +153,7 @@ def _wrap(v: np.ndarray, period: float) -> np.ndarray:
     return (v + period / 2) % period - period / 2
 
 
-def _shape_sd(name: str, dx: np.ndarray, dy: np.ndarray, s: np.ndarray) -> np.ndarray:
+def shape_sd(name: str, dx: np.ndarray, dy: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Approximate signed distance (px, >0 inside) of shape ``name`` with half-size s."""
     adx, ady = np.abs(dx), np.abs(dy)
     r, cheb = np.hypot(dx, dy), np.maximum(adx, ady)
@@ -254,7 +254,7 @@ def render_clip(
     grid = np.arange(S, dtype=np.float32)
     dx = _wrap(grid[None, None, :] - np.asarray(cx, np.float32)[:, None, None], S)
     dy = _wrap(grid[None, :, None] - np.asarray(cy, np.float32)[:, None, None], S)
-    sd = _shape_sd(shape, dx, dy, np.asarray(s, np.float32)[:, None, None])
+    sd = shape_sd(shape, dx, dy, np.asarray(s, np.float32)[:, None, None])
     mask = (np.clip(sd + 0.5, 0.0, 1.0) * visible[:, None, None]).astype(np.float32)
     video = bg[None] + mask[..., None] * (colour - bg)[None]
     # Sensor noise, uniform with std 0.03 (cheaper than Gaussian, same effect here).

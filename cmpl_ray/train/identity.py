@@ -1,9 +1,10 @@
 """Run identity: which config a run was trained with, so that a changed config never resumes, reports or
 logs into another run.
 
-Why: Ray Train V2 restores a run by ``name`` + ``storage_path`` alone. Re-running ``cmpl-ray train`` with only
-``algo.name`` changed used to restore the finished supervised run and report its numbers as FixMatch's, or
-die half-way in the checkpoint loader; the MLflow run, found by the same two tags, collected all three.
+Why: Ray Train V2 restores a run by ``name`` + ``storage_path`` alone. Without an identity, re-running
+``cmpl-ray train`` with only ``algo.name`` changed restores the finished supervised run and reports its numbers
+as FixMatch's, or dies half-way in the checkpoint loader, and the MLflow run found by the same two tags
+collects all three.
 
 The identity of a run is its resolved config (after ``resolve_data``: the derived crop and short sides are in
 it) minus the keys that may change between attempts without changing what is trained (:data:`VOLATILE_PREFIXES`,
@@ -27,8 +28,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ..data.lists import _read_text as _read_list_text
-from ..data.lists import _write_text as _write_list_text
+from ..files import read_text_or_none, write_text
 
 FILE = "cmpl-run.json"
 VOLATILE_PREFIXES = ("run.", "tracking.")
@@ -87,18 +87,6 @@ def run_dir(store: str, name: str) -> str:
     return f"{store.rstrip('/')}/{name}" if "://" in store else os.path.join(store, name)
 
 
-def read_text(path: str) -> str | None:
-    """A small text file from a local path or a URI (pyarrow, as Ray Train uses); None when it is absent."""
-    try:
-        return _read_list_text(path)
-    except (FileNotFoundError, OSError):
-        return None
-
-
-write_text = _write_list_text
-"""Write a text file, local (parents created) or URI."""
-
-
 def _has_checkpoints(d: str) -> bool:
     if "://" in d:
         import pyarrow.fs as pafs
@@ -124,7 +112,7 @@ def check(store: str, name: str, ident: dict[str, Any]) -> dict[str, Any] | None
     complete); None when no run of that name exists yet. Raises :class:`RunMismatch` listing the differing
     keys when one exists with another config, or with checkpoints but no record (made by an older cmpl-ray)."""
     d = run_dir(store, name)
-    text = read_text(f"{d}/{FILE}")
+    text = read_text_or_none(f"{d}/{FILE}")
     if text is None:
         if _has_checkpoints(d):
             raise RunMismatch(

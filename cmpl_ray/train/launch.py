@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from ..data.pipeline import (
     steps_per_epoch,
     val_decode_mode,
 )
-from . import attempts, console, identity, mlflow_run, results, tracking
+from ..tracking import runs as mlflow_run
+from ..tracking import tracker as tracking
+from . import attempts, console, identity, results
 
 
 def storage_path(cfg: Config) -> str:
@@ -103,9 +106,9 @@ def _ordered():
 
 def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
     """Fail fast with a clear error when none of a sample of a list's videos can be opened."""
-    from ..data.decode import BadVideo, probe
+    from ..data.clip_decoder import fetch_video
     from ..data.lists import resolve_path
-    from ..data.pipeline import _fetch
+    from ..data.video_reader import BadVideo, probe
 
     if not items:
         raise ValueError(f"data.{what}: the list is empty")
@@ -114,7 +117,7 @@ def preflight(cfg: Config, items, what: str, sample: int = 16) -> None:
     errors = []
     for it in probes:
         try:
-            probe(_fetch(resolve_path(cfg.data.root, it.path)))
+            probe(fetch_video(resolve_path(cfg.data.root, it.path)))
             return
         except (BadVideo, OSError) as e:
             errors.append(f"{it.path}: {getattr(e, 'reason', e)}")
@@ -158,6 +161,180 @@ def _is_complete(metrics: dict[str, Any], epochs: int) -> bool:
     return bool(hist) and int(hist[-1].get("epoch", 0)) >= epochs
 
 
+@dataclass
+class RunPlan:
+    """What the driver knows about a run before any Ray work: its lists, classes, length, identity, places."""
+
+    labeled: list
+    unlabeled: list
+    val: list
+    names: list[str]
+    num_classes: int
+    flip_map: list[int] | None
+    steps: int
+    ident: dict[str, Any]
+    fingerprint: str
+    store: str
+    out_dir: str
+    uri: str
+
+
+def plan_run(cfg: Config) -> RunPlan:
+    """Read and check the lists (a bad value or unreadable data fails here, before any Ray work) and resolve
+    what the config leaves to the data (crop, short sides, steps per epoch)."""
+    for key in ("data.root", "run.resume"):  # workers run in another working directory (and on other nodes)
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and "://" not in value:
+            setattr(getattr(cfg, section), name, str(Path(value).resolve()))
+    labeled, unlabeled, val = read_split_lists(cfg)
+    names = class_names(cfg)
+    flip_map = resolve_flip_map(cfg.data.flip_label_map, names)
+    preflight(cfg, labeled, "labeled_list")
+    if cfg.algo.name != "supervised":
+        preflight(cfg, unlabeled, "unlabeled_list")
+    resolve_data(cfg, labeled)  # data.crop_size=0 etc.: sizes from the videos, logged and checkpointed resolved
+    steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), cfg.train.num_workers)
+    ident = identity.identity(cfg.flat(), identity.lists_digest(labeled, unlabeled, val))
+    return RunPlan(
+        labeled, unlabeled, val, names, cfg.model.num_classes or len(names), flip_map, steps, ident,
+        identity.fingerprint(ident), storage_path(cfg), str(Path(cfg.run.output_dir).resolve()),
+        tracking.resolve_tracking_uri(cfg.tracking.uri),
+    )  # fmt: skip
+
+
+def _claim_run(cfg: Config, plan: RunPlan, fresh: bool, verbose: bool, live: bool):
+    """(run record, ``run.resume``'s state, the stored result of an identical completed run or None).
+    A run of the same name with another config raises ``RunMismatch``; so does a ``run.resume`` checkpoint."""
+    if fresh:
+        moved = identity.move_aside(plan.store, cfg.run.name)
+        if moved and verbose:
+            print(f"[cmpl-ray] --fresh: the previous run {cfg.run.name!r} was moved to {moved}", flush=True)
+    record = identity.check(plan.store, cfg.run.name, plan.ident)
+    resume_state = None
+    if cfg.run.resume:
+        from .checkpoint import load_checkpoint
+
+        resume_state = load_checkpoint(cfg.run.resume)
+        identity.check_checkpoint(resume_state, plan.ident, f"run.resume={cfg.run.resume}")
+    if record is None or record.get("status") != "complete":
+        return record, resume_state, None
+    done = {**record.get("metrics", {}), "already_complete": True}
+    if verbose:
+        print(
+            f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint "
+            f"{plan.fingerprint}, finished {record.get('finished')}); not training again. Its result:",
+            flush=True,
+        )
+        wall = float(done.get("wall_seconds", 0.0))
+        _say_done(done, wall, plan.out_dir, done.get("mlflow_run_id"), plan.uri, brief=not live)
+        print("[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True)
+    return record, resume_state, done
+
+
+def _mlflow_run_for(
+    cfg: Config, plan: RunPlan, record: dict, val_mode: str, extra_tags: dict | None, parent: str | None, verbose: bool
+) -> str | None:
+    """The run's MLflow run: found again by the attempt's uid (new with every fresh start, so a changed config
+    never continues a run), else created with the flattened config and derived sizes as params."""
+    if not cfg.tracking.enabled:
+        return None
+    tags = {"cmpl.run_name": cfg.run.name, "cmpl.storage_path": plan.store, "cmpl.run_uid": record["uid"],
+            "cmpl.fingerprint": plan.fingerprint, **(extra_tags or {})}  # fmt: skip
+    run_id = mlflow_run.find_run(plan.uri, cfg.tracking.experiment, tags)
+    if run_id is not None:
+        if verbose:
+            print(
+                f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {plan.fingerprint}); "
+                f"continuing MLflow run {run_id}",
+                flush=True,
+            )
+        return run_id
+    derived = {"fingerprint": plan.fingerprint, "steps_per_epoch": plan.steps, "num_classes": plan.num_classes,
+               "num_labeled": len(plan.labeled), "num_unlabeled": len(plan.unlabeled), "num_val": len(plan.val),
+               "val_decode": val_mode}  # fmt: skip
+    params = {**cfg.flat(), **{f"derived.{k}": v for k, v in derived.items()}}
+    run_id = mlflow_run.start_run(plan.uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent)
+    mlflow_run.log_list_inputs(plan.uri, run_id, cfg)  # the list files as dataset inputs
+    return run_id
+
+
+def _loop_config(cfg: Config, plan: RunPlan, run_id: str | None, actors: dict, resume_state, val_mode: str):
+    """What every worker gets (``train_loop_config``); the driver's actors travel as handles."""
+    import ray
+
+    return {
+        "cfg": cfg.to_dict(), "num_classes": plan.num_classes, "class_names": plan.names, "steps": plan.steps,
+        "run_id": run_id, "tracking_uri": plan.uri, "output_dir": plan.out_dir, "identity": plan.ident,
+        "mlflow_relay": actors["relay"], "epoch_clock": actors["clock"], "attempts": actors["counter"],
+        "progress_board": actors["board"], "run_folder": identity.run_dir(plan.store, cfg.run.name),
+        # read here, where the path is; every rank gets it from the object store on any node
+        "resume_state": ray.put(resume_state) if resume_state is not None else None,
+        "lists": {"labeled": [it.path for it in plan.labeled], "unlabeled": [it.path for it in plan.unlabeled]},
+        "val_decode": val_mode,
+        "val_items": [(it.path, it.label) for it in plan.val] if val_mode == "worker" else None,
+    }  # fmt: skip
+
+
+def _trainer(cfg: Config, plan: RunPlan, loop_config: dict, datasets: dict, callbacks: list | None):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from .runner import CHECKPOINT_SCORE
+    from .worker import train_loop_per_worker
+
+    scaling = ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                            resources_per_worker={"CPU": cfg.train.cpus_per_worker})  # fmt: skip
+    # Ray keeps the best checkpoints by CHECKPOINT_SCORE: an evaluated epoch's val_top1
+    keep = CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=CHECKPOINT_SCORE,
+                            checkpoint_score_order="max")  # fmt: skip
+    run = RunConfig(name=cfg.run.name, storage_path=plan.store, callbacks=callbacks or None, checkpoint_config=keep,
+                    failure_config=FailureConfig(max_failures=cfg.run.max_failures))  # fmt: skip
+    return _trainer_class()(
+        train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run,
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options={"train": _ordered()}),
+    )  # fmt: skip
+
+
+def _fit(trainer, actors: dict):
+    """``trainer.fit()`` while the progress board is drained to the console; the driver's actors end after."""
+    import ray
+
+    board, poller = actors["board"], None
+    if board is not None:
+        poller = console.Poller(lambda: ray.get(board.drain.remote(), timeout=30), console.Console()).start()
+    try:
+        return trainer.fit()
+    finally:
+        if poller is not None:
+            poller.stop()  # the last lines rank 0 pushed, before the summary
+        for actor in actors.values():
+            if actor is not None:
+                ray.kill(actor)
+
+
+def _final_metrics(cfg: Config, plan: RunPlan, result, wall: float, run_id: str | None):
+    """metrics.json as rank 0 wrote it to the run's folder on storage (it may run on another node), plus the
+    driver's part: wall time, best (evaluated) and latest checkpoint, fingerprint, MLflow run; (metrics, best)."""
+    from .runner import CHECKPOINT_SCORE
+
+    mpath = os.path.join(plan.out_dir, "metrics.json")
+    if os.path.exists(mpath):
+        os.remove(mpath)  # only this run's result
+    results.download(identity.run_dir(plan.store, cfg.run.name), plan.out_dir)
+    metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
+    best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")
+    metrics.update(
+        wall_seconds=wall,
+        best_checkpoint=best.path if best else None,
+        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
+        fingerprint=plan.fingerprint,
+        mlflow_run_id=run_id,
+    )
+    tracking.write_metrics_json(mpath, metrics)
+    return metrics, best
+
+
 def run_training(
     cfg: Config,
     *,
@@ -176,191 +353,48 @@ def run_training(
     A run of the same name trained with another config raises :class:`~cmpl_ray.train.identity.RunMismatch`
     (``fresh=True`` moves it aside first and starts over); one already completed with this config returns its
     stored metrics with ``already_complete=True`` and trains nothing."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-
-    from .runner import CHECKPOINT_SCORE
-    from .worker import train_loop_per_worker
-
-    for key in ("data.root", "run.resume"):  # workers run in another working directory (and on other nodes)
-        section, field = key.split(".")
-        value = getattr(getattr(cfg, section), field)
-        if value and "://" not in value:
-            setattr(getattr(cfg, section), field, str(Path(value).resolve()))
-    labeled, unlabeled, val = read_split_lists(cfg)
-    names = class_names(cfg)
-    num_classes = cfg.model.num_classes or len(names)
-    flip_map = resolve_flip_map(cfg.data.flip_label_map, names)  # refused here, before any Ray work
-    preflight(cfg, labeled, "labeled_list")
-    if cfg.algo.name != "supervised":
-        preflight(cfg, unlabeled, "unlabeled_list")
-    resolve_data(cfg, labeled)  # data.crop_size=0 etc.: sizes from the videos, logged and checkpointed resolved
-    world = cfg.train.num_workers
-    steps = steps_per_epoch(cfg, len(labeled), len(unlabeled), world)
-    ident = identity.identity(cfg.flat(), identity.lists_digest(labeled, unlabeled, val))
-    fp = identity.fingerprint(ident)
-    store = storage_path(cfg)
-    out_dir = str(Path(cfg.run.output_dir).resolve())
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    if fresh:
-        moved = identity.move_aside(store, cfg.run.name)
-        if moved and verbose:
-            print(f"[cmpl-ray] --fresh: the previous run {cfg.run.name!r} was moved to {moved}", flush=True)
-    record = identity.check(store, cfg.run.name, ident)  # RunMismatch: refused before any Ray work
-    resume_state = None
-    if cfg.run.resume:
-        from .checkpoint import load_checkpoint
-
-        resume_state = load_checkpoint(cfg.run.resume)
-        identity.check_checkpoint(resume_state, ident, f"run.resume={cfg.run.resume}")
-    if record is not None and record.get("status") == "complete":
-        done = {**record.get("metrics", {}), "already_complete": True}
-        if verbose:
-            print(
-                f"[cmpl-ray] run {cfg.run.name!r} already completed with this exact config (fingerprint {fp}, "
-                f"finished {record.get('finished')}); not training again. Its result:",
-                flush=True,
-            )
-            _say_done(
-                done, float(done.get("wall_seconds", 0.0)), out_dir, done.get("mlflow_run_id"), uri, brief=not live
-            )
-            print(
-                "[cmpl-ray] to train it again: --fresh (keeps the old folder) or --set run.name=<new name>", flush=True
-            )
+    plan = plan_run(cfg)
+    record, resume_state, done = _claim_run(cfg, plan, fresh, verbose, live)
+    if done is not None:
         return done
-    record = identity.begin(store, cfg.run.name, ident, record)
-    ensure_ray(log_file=os.path.join(out_dir, console.LOG_NAME))
-    import ray
-
-    counter = attempts.start_counter()  # worker-group starts: restarts counted exactly (cmpl_ray.train.attempts)
-    clock = start_clock()  # the epoch the run-long training stream starts at, set by rank 0 (cmpl_ray.data.epochs)
-    datasets = {
-        "train": build_train_dataset(
-            cfg, labeled, unlabeled, num_classes, world, steps, flip_map, clock, epochs=cfg.train.epochs
-        )
-    }
-    val_mode = val_decode_mode(cfg, len(val), world)  # worker: each rank decodes its val share, no pool per eval
+    record = identity.begin(plan.store, cfg.run.name, plan.ident, record)
+    ensure_ray(log_file=os.path.join(plan.out_dir, console.LOG_NAME))
+    world = cfg.train.num_workers
+    actors = {"counter": attempts.start_counter(), "clock": start_clock(), "relay": None, "board": None}
+    train = build_train_dataset(
+        cfg, plan.labeled, plan.unlabeled, plan.num_classes, world, plan.steps, plan.flip_map, actors["clock"],
+        epochs=cfg.train.epochs,
+    )  # fmt: skip
+    datasets = {"train": train}
+    val_mode = val_decode_mode(cfg, len(plan.val), world)  # worker: each rank decodes its share, no pool per eval
     if val_mode == "ray_data":
-        datasets["val"] = build_val_dataset(cfg, val, num_classes, world, cfg.uses_aux)
-
-    os.makedirs(out_dir, exist_ok=True)
-    run_id = None
-    if cfg.tracking.enabled:
-        # found by the attempt's uid (new with every fresh start): a changed config never continues this run
-        tags = {
-            "cmpl.run_name": cfg.run.name,
-            "cmpl.storage_path": store,
-            "cmpl.run_uid": record["uid"],
-            "cmpl.fingerprint": fp,
-            **(extra_tags or {}),
-        }
-        run_id = mlflow_run.find_run(uri, cfg.tracking.experiment, tags)
-        if run_id is None:
-            params = {
-                **cfg.flat(),
-                "derived.fingerprint": fp,
-                "derived.steps_per_epoch": steps,
-                "derived.num_classes": num_classes,
-                "derived.num_labeled": len(labeled),
-                "derived.num_unlabeled": len(unlabeled),
-                "derived.num_val": len(val),
-                "derived.val_decode": val_mode,
-            }
-            run_id = mlflow_run.start_run(uri, cfg.tracking.experiment, cfg.run.name, params, tags, parent_run_id)
-            mlflow_run.log_list_inputs(uri, run_id, cfg)  # the list files as dataset inputs
-        elif verbose:
-            print(
-                f"[cmpl-ray] resuming run {cfg.run.name!r} (same config, fingerprint {fp}); continuing MLflow run "
-                f"{run_id}",
-                flush=True,
-            )
+        datasets["val"] = build_val_dataset(cfg, plan.val, plan.num_classes, world, cfg.uses_aux)
+    os.makedirs(plan.out_dir, exist_ok=True)
+    run_id = _mlflow_run_for(cfg, plan, record, val_mode, extra_tags, parent_run_id, verbose)
     if verbose:
         print(
-            f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(labeled)} labeled, "
-            f"{len(unlabeled)} unlabeled, {len(val)} val videos, {num_classes} classes; {world} worker(s) x "
-            f"{steps} steps/epoch x {cfg.train.epochs} epochs; evaluation decoded "
+            f"[cmpl-ray] {cfg.algo.name} ({cfg.algo.scheme if cfg.uses_aux else '-'}): {len(plan.labeled)} labeled, "
+            f"{len(plan.unlabeled)} unlabeled, {len(plan.val)} val videos, {plan.num_classes} classes; {world} "
+            f"worker(s) x {plan.steps} steps/epoch x {cfg.train.epochs} epochs; evaluation decoded "
             f"{'in the workers' if val_mode == 'worker' else 'by Ray Data'}",
             flush=True,
         )
+    if run_id:  # rank 0 logs through an actor on the head node, where the store is reachable (tracking/relay.py)
+        from ..tracking.relay import start_relay
 
-    relay = None
-    if run_id:  # rank 0 logs through an actor on the head node, where the store is reachable (see relay.py)
-        from .relay import start_relay
-
-        relay = start_relay(uri)
-    loop_config = {
-        "cfg": cfg.to_dict(),
-        "num_classes": num_classes,
-        "class_names": names,
-        "steps": steps,
-        "run_id": run_id,
-        "tracking_uri": uri,
-        "output_dir": out_dir,
-        "mlflow_relay": relay,
-        "identity": ident,
-        "epoch_clock": clock,
-        "attempts": counter,
-        "run_folder": identity.run_dir(store, cfg.run.name),
-        # read here, where the path is; every rank gets it from the object store on any node
-        "resume_state": ray.put(resume_state) if resume_state is not None else None,
-        "lists": {"labeled": [it.path for it in labeled], "unlabeled": [it.path for it in unlabeled]},
-        "val_decode": val_mode,
-        "val_items": [(it.path, it.label) for it in val] if val_mode == "worker" else None,
-    }
-    board = _start_board() if live and verbose else None
-    loop_config["progress_board"] = board
-    trainer = _trainer_class()(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=world, use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name=cfg.run.name,
-            storage_path=store,
-            callbacks=callbacks or None,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.run.keep_checkpoints,
-                checkpoint_score_attribute=CHECKPOINT_SCORE,
-                checkpoint_score_order="max",
-            ),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options={"train": _ordered()}),
-    )
+        actors["relay"] = start_relay(plan.uri)
+    actors["board"] = _start_board() if live and verbose else None
+    loop_config = _loop_config(cfg, plan, run_id, actors, resume_state, val_mode)
     t0 = time.perf_counter()
-    poller = None
-    if board is not None:
-        poller = console.Poller(lambda: ray.get(board.drain.remote(), timeout=30), console.Console()).start()
-    try:
-        result = trainer.fit()
-    finally:
-        if poller is not None:
-            poller.stop()  # the last lines rank 0 pushed, before the summary
-        for actor in (relay, clock, board, counter):
-            if actor is not None:
-                ray.kill(actor)
+    result = _fit(_trainer(cfg, plan, loop_config, datasets, callbacks), actors)
     wall = time.perf_counter() - t0
-    mpath = os.path.join(out_dir, "metrics.json")
-    if os.path.exists(mpath):
-        os.remove(mpath)  # only this run's result, from where rank 0 put it (it may run on another node)
-    results.download(identity.run_dir(store, cfg.run.name), out_dir)
-    metrics = json.loads(Path(mpath).read_text()) if os.path.exists(mpath) else dict(result.metrics or {})
-    best = result.get_best_checkpoint(CHECKPOINT_SCORE, "max")  # an evaluated epoch's (runner.CHECKPOINT_SCORE)
-    metrics.update(
-        wall_seconds=wall,
-        best_checkpoint=best.path if best else None,
-        latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
-        fingerprint=fp,
-        mlflow_run_id=run_id,
-    )
-    tracking.write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
+    metrics, best = _final_metrics(cfg, plan, result, wall, run_id)
     if run_id:  # best checkpoint folder + MLflow model "primary"; tracking trouble never fails a finished run
         from .mlflow_model import publish_best
 
-        publish_best(cfg, uri, run_id, best, verbose)
+        publish_best(cfg, plan.uri, run_id, best, verbose)
     if _is_complete(metrics, cfg.train.epochs):
-        identity.complete(store, cfg.run.name, record, metrics)
+        identity.complete(plan.store, cfg.run.name, record, metrics)
     if verbose:
-        _say_done(metrics, wall, out_dir, run_id, uri, brief=not live)
+        _say_done(metrics, wall, plan.out_dir, run_id, plan.uri, brief=not live)
     return metrics

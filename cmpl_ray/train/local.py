@@ -58,7 +58,7 @@ class StepBatches(torch.utils.data.Dataset):
         return {k: (v.flatten(0, 1) if k.startswith(("u_", "y_u")) else v) for k, v in out.items()}
 
 
-def _worker_init(_: int) -> None:
+def loader_worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
@@ -105,9 +105,9 @@ def run_local(
         rows = epoch_rows(len(labeled), len(unlabeled) if semi else 0, steps * b_l, ratio, [cfg.train.seed, epoch])
         keys = row_keys(epoch, np.arange(len(rows)))  # the Ray Train path keys its rows the same way
         loader = torch.utils.data.DataLoader(
-            StepBatches(dec, rows, keys, b_l), batch_size=None, num_workers=loader_workers,
-            prefetch_factor=4 if loader_workers else None, worker_init_fn=_worker_init if loader_workers else None,
-            pin_memory=on_gpu,
+            StepBatches(dec, rows, keys, b_l), batch_size=None, num_workers=loader_workers, pin_memory=on_gpu,
+            prefetch_factor=4 if loader_workers else None,
+            worker_init_fn=loader_worker_init if loader_workers else None,
         )  # fmt: skip
         out = run_epoch(
             nets, loader, cfg, counters, epoch=epoch, steps=steps, global_step=epoch * steps,

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from ..algorithm import PL_COUNTS, compute_objective
 from ..config import Config
-from ..data.decode import PYAV
+from ..data.clip_decoder import LOOPED, OK, PAD
+from ..data.video_reader import PYAV
 from .build import objective_kwargs
 from .ema import WeightEma
 
@@ -81,7 +82,7 @@ def _collect_bad(batch: Mapping[str, Tensor], res: EpochResult) -> None:
         if err is None:
             continue
         idx = batch[f"{stream}_index"]
-        res.good_samples += int(((err == 0) | (err == 99)).sum())
+        res.good_samples += int(((err == OK) | (err == LOOPED)).sum())
         dec = batch.get(f"{stream}_dec")
         if dec is not None:  # which library read each good video (decord, or PyAV for what decord cannot open)
             for d, i in zip(dec.flatten().tolist(), idx.flatten().tolist()):
@@ -89,10 +90,48 @@ def _collect_bad(batch: Mapping[str, Tensor], res: EpochResult) -> None:
                     res.read_by.setdefault(int(d), set()).add((stream, int(i)))
         for i in torch.nonzero(err > 0).flatten().tolist():
             code = int(err[i])
-            if code == 99:  # looped short video: usable, only counted
+            if code == LOOPED:  # usable, only counted
                 res.looped_samples += 1
             else:
                 res.bad_samples.append((stream, int(idx[i]), code))
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device, channels_last: bool) -> dict[str, Tensor]:
+    """The step's inputs on the device: clips normalised (float), labels and validity masks as they are."""
+    x = {k: normalize(batch[k], device, channels_last) for k in CLIP_KEYS if k in batch}
+    for k in ("y_l", "y_u", "l_valid", "u_valid"):
+        if k in batch:
+            x[k] = batch[k].to(device, non_blocking=True)
+    return x
+
+
+def _backward_and_step(
+    loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, params: list, clip: float
+) -> None:
+    """Backward, optional gradient clipping (on unscaled gradients), optimizer step; through the GradScaler for
+    fp16."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def _step_stats(stats: dict[str, Tensor], res: EpochResult) -> dict[str, float]:
+    """The step's scalar statistics as floats; its per-class pseudo-label counts are summed into ``res``."""
+    for k in [k for k in stats if k.startswith(PL_COUNTS)]:
+        c = stats.pop(k).detach()
+        net = k[len(PL_COUNTS) :]
+        res.pl_counts[net] = res.pl_counts[net] + c if net in res.pl_counts else c
+    # one device->host copy for all statistics (a float() per entry would sync the GPU ~15 times a step)
+    return dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
 
 
 def train_one_epoch(
@@ -144,10 +183,7 @@ def train_one_epoch(
         for g in optimizer.param_groups:
             g["lr"] = lr
         lam = lambda_at(epoch + i / max(1, steps), cfg.algo.lambda_u, cfg.algo.unsup_warmup_epochs)
-        x = {k: normalize(batch[k], device, channels_last) for k in CLIP_KEYS if k in batch}
-        for k in ("y_l", "y_u", "l_valid", "u_valid"):
-            if k in batch:
-                x[k] = batch[k].to(device, non_blocking=True)
+        x = _to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss, stats = compute_objective(
                 primary, aux, x, **objective_kwargs(cfg, lambda_u=lam), aux_stream=aux_stream
@@ -163,30 +199,14 @@ def train_one_epoch(
                 )
             continue
         bad_in_a_row = 0
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        _backward_and_step(loss, optimizer, scaler, params, cfg.optim.grad_clip)
         if ema is not None:
             ema.update()
         n_clips = int(batch["y_l"].shape[0]) + (int(batch["y_u"].shape[0]) if "y_u" in batch else 0)
         res.clips += n_clips
         window_clips += n_clips
         res.steps += 1
-        for k in [k for k in stats if k.startswith(PL_COUNTS)]:  # per-class pseudo-label counts: summed
-            c = stats.pop(k).detach()
-            net = k[len(PL_COUNTS) :]
-            res.pl_counts[net] = res.pl_counts[net] + c if net in res.pl_counts else c
-        # one device->host copy for all statistics (a float() per entry would sync the GPU ~15 times a step)
-        stats = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
+        stats = _step_stats(stats, res)
         stats.update(lr=lr, lambda_u=lam)
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -232,7 +252,7 @@ def evaluate(
     k5 = min(5, num_classes)
     for batch in batches:
         valid = batch["valid"].bool()
-        pad = batch["err"] == 98 if "err" in batch else torch.zeros_like(valid)  # rows that even out the split
+        pad = batch["err"] == PAD if "err" in batch else torch.zeros_like(valid)
         out["invalid"] += float((~valid & ~pad).sum())
         if "dec" in batch:
             out["read_by_pyav"] += float((batch["dec"] == PYAV).sum())

@@ -34,7 +34,7 @@ from ..data.pipeline import (
     resolve_flip_map,
 )
 from .build import build_networks, make_optimizer, objective_kwargs
-from .local import StepBatches, _worker_init
+from .local import StepBatches, loader_worker_init
 from .loop import normalize
 
 
@@ -92,7 +92,7 @@ def lr_range_test(
     opt = make_optimizer(cfg, net, None)
     b_l = cfg.train.batch_labeled
     # one_thread=False: the decoder is built in this process, whose thread count is the caller's (``threads``);
-    # loader worker processes get one thread each from _worker_init
+    # loader worker processes get one thread each from loader_worker_init
     dec = ClipDecoder(
         "train",
         dataclasses.asdict(cfg.data),
@@ -110,7 +110,7 @@ def lr_range_test(
         StepBatches(dec, rows, np.arange(len(rows), dtype=np.int64), b_l),
         batch_size=None,
         num_workers=loader_workers,
-        worker_init_fn=_worker_init if loader_workers else None,
+        worker_init_fn=loader_worker_init if loader_workers else None,
     )
     schedule = lr_schedule(start, end, steps)
     lrs: list[float] = []

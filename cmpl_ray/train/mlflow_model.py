@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import tracking
+from ..tracking import tracker as tracking
 
 MODEL_NAME = "primary"
 META_KEY = "cmpl_ray"
@@ -133,7 +133,7 @@ def log_primary_model(
         "input": input_description(),
     }
     uri = tracking.resolve_tracking_uri(uri)
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     run = client.get_run(run_id)
     # created here, in the run's experiment: left to log_model, MLflow 3.17 puts a model logged for a run that is
     # not the fluent active run into the default experiment "0", where runs:/<run_id>/primary does not find it
@@ -197,7 +197,7 @@ def publish_best(cfg: Any, uri: str, run_id: str | None, best: Any, verbose: boo
     try:
         with best.as_directory() as d:  # local checkpoints: the folder itself; remote ones: a download
             if cfg.tracking.log_checkpoint:
-                tracking._client(uri).log_artifacts(run_id, d, "best_checkpoint")
+                tracking.mlflow_client(uri).log_artifacts(run_id, d, "best_checkpoint")
                 done["checkpoint"] = "best_checkpoint"
             if cfg.tracking.log_model:
                 t1 = time.perf_counter()
@@ -208,9 +208,9 @@ def publish_best(cfg: Any, uri: str, run_id: str | None, best: Any, verbose: boo
                     model_seconds=time.perf_counter() - t1,
                     registered=getattr(info, "registered_model_version", None),
                 )
-        from .mlflow_run import run_url
+        from ..tracking.runs import run_url
 
-        done["url"] = run_url(uri, tracking._client(uri).get_run(run_id).info.experiment_id, run_id)
+        done["url"] = run_url(uri, tracking.mlflow_client(uri).get_run(run_id).info.experiment_id, run_id)
     except Exception as e:  # noqa: BLE001 - tracking trouble never fails a finished run
         print(f"[cmpl-ray] WARNING could not log the best checkpoint / model to MLflow: {e!r}", flush=True)
     done["seconds"] = time.perf_counter() - t0

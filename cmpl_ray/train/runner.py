@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from ..data.decode import DECODER_NAMES
-from ..data.decoder import ERR_CODES
+from ..data.clip_decoder import ERR_CODES
+from ..data.video_reader import DECODER_NAMES
 from . import checkpoint as ckpt
 from .build import build_networks, make_optimizer
 from .ema import WeightEma

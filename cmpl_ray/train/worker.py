@@ -28,15 +28,15 @@ import torch.distributed as dist
 from ..config import Config, from_dict, save_config
 from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
+from ..tracking.relay import RelayClient
+from ..tracking.tracker import Tracker, write_metrics_json
 from . import attempts, results
 from . import checkpoint as ckpt
 from .console import format_step, step_event
 from .identity import check_checkpoint
 from .loop import per_class_accuracy
 from .plots import plot_class_gap, plot_pseudo_label_ratio
-from .relay import RelayClient
 from .runner import CHECKPOINT_SCORE, Collectives, EpochOutcome, Nets, RunCounters, build_nets, run_epoch
-from .tracking import Tracker, write_metrics_json
 
 log = logging.getLogger("cmpl_ray.train")
 
@@ -96,7 +96,7 @@ def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None, rank: int = 0):
     """The whole run's batches from ONE iteration of the shard: the training loop takes ``steps`` of them per
     epoch (``itertools.islice``), so the decode actor pool and its prefetch carry over epoch boundaries
-    instead of restarting every epoch (issue 18: the first batches of every epoch used to wait for a new pool).
+    instead of restarting every epoch (the first batches of an epoch would wait for a new pool).
 
     Rank 0 first sets the clock to the epoch the stream starts at (``start_epoch`` > 0 after a resume); the
     shards' execution starts only when every rank has asked (``streaming_split``'s barrier), hence after that.

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
-from ..train import mlflow_run, tracking
+from ..config import Config, load_config
+from ..files import read_text_or_none, write_text
+from ..tracking import runs as mlflow_run
+from ..tracking import tracker as tracking
 from ..train.console import LOG_NAME
-from ..train.identity import read_text as _read_text
-from ..train.identity import write_text as _write_text
 from .space import SweepSpec, load_space, overrides_of, to_tune_space
 
 STATE_FILE = "sweep.json"
@@ -158,11 +158,11 @@ def _searcher(spec: SweepSpec):
 
 
 def _save_state(d: str, state: dict[str, Any]) -> None:
-    _write_text(f"{d}/{STATE_FILE}", json.dumps(state, indent=1))
+    write_text(f"{d}/{STATE_FILE}", json.dumps(state, indent=1))
 
 
 def _load_state(d: str) -> dict[str, Any]:
-    text = _read_text(f"{d}/{STATE_FILE}")
+    text = read_text_or_none(f"{d}/{STATE_FILE}")
     if text is None:
         raise FileNotFoundError(f"{d}/{STATE_FILE}: no sweep to resume here (check --storage and the sweep name)")
     state = json.loads(text)
@@ -175,6 +175,56 @@ def _load_state(d: str) -> dict[str, Any]:
                 f.write(state[f"{key}_text"])
             state[f"{key}_path"] = path
     return state
+
+
+def _sweep_parent(base_cfg: Config, spec: SweepSpec, state: dict, uri: str, resume: bool) -> str | None:
+    """The sweep's MLflow parent run (found again on resume), its params the space, scheduler and overrides."""
+    if not base_cfg.tracking.enabled:
+        return None
+    name, ptags = state["name"], {"cmpl.sweep": state["name"], "cmpl.role": "sweep"}
+    parent = mlflow_run.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
+    if parent is not None:
+        return parent
+    params = {
+        "sweep.space_file": os.path.basename(state["space_path"]),
+        "sweep.searcher": spec.searcher,
+        "sweep.num_samples": state["num_samples"],
+        "sweep.max_concurrent_trials": state["max_concurrent"],
+        "sweep.metric": spec.metric,
+        "sweep.mode": spec.mode,
+        "sweep.axes": ",".join(spec.axes()),
+        "sweep.preset": spec.preset,
+        **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
+        **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
+        **{f"fixed.{k}": v for k, v in spec.fixed.items()},
+        **{f"set.{i}": o for i, o in enumerate(state["overrides"])},
+    }
+    tags = {**ptags, "cmpl.space": spec.description[:500]}
+    return mlflow_run.start_run(uri, base_cfg.tracking.experiment, name, params, tags)
+
+
+def _tuner(trainable, spec: SweepSpec, epochs: int, state: dict, d: str, resume: bool):
+    """A new ``Tuner`` over the space, or the interrupted one restored from ``d`` (unfinished and errored
+    trials resumed)."""
+    from ray import tune
+
+    if resume and tune.Tuner.can_restore(d):
+        return tune.Tuner.restore(d, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=state["num_samples"],
+            scheduler=_scheduler(spec, epochs),
+            search_alg=_searcher(spec),
+            max_concurrent_trials=state["max_concurrent"],
+        ),
+        run_config=tune.RunConfig(
+            name=state["name"], storage_path=os.path.dirname(d), failure_config=tune.FailureConfig(max_failures=1)
+        ),
+    )
 
 
 def run_sweep(
@@ -233,28 +283,7 @@ def run_sweep(
         "space_text": Path(space_path).read_text(),
         "config_text": Path(config_path).read_text() if config_path else None,
     }
-    parent = None
-    if base_cfg.tracking.enabled:
-        ptags = {"cmpl.sweep": name, "cmpl.role": "sweep"}
-        parent = mlflow_run.find_run(uri, base_cfg.tracking.experiment, ptags) if resume else None
-        if parent is None:
-            params = {
-                "sweep.space_file": os.path.basename(space_path),
-                "sweep.searcher": spec.searcher,
-                "sweep.num_samples": samples,
-                "sweep.max_concurrent_trials": mct,
-                "sweep.metric": spec.metric,
-                "sweep.mode": spec.mode,
-                "sweep.axes": ",".join(spec.axes()),
-                "sweep.preset": spec.preset,
-                **{f"sweep.scheduler.{k}": v for k, v in spec.scheduler.items()},
-                **{f"space.{a}": json.dumps({k: v}) for a, (k, v) in spec.space.items()},
-                **{f"fixed.{k}": v for k, v in spec.fixed.items()},
-                **{f"set.{i}": o for i, o in enumerate(overrides)},
-            }
-            parent = mlflow_run.start_run(
-                uri, base_cfg.tracking.experiment, name, params, {**ptags, "cmpl.space": spec.description[:500]}
-            )
+    parent = _sweep_parent(base_cfg, spec, state, uri, bool(resume))
     state["parent_run_id"] = parent
     _save_state(d, state)
     # Tune runs each trial in its own working directory: pin paths and the tracking store to absolute ones
@@ -276,24 +305,7 @@ def run_sweep(
     trainable = tune.with_resources(tune.with_parameters(trial_fn, sweep=sweep), {"CPU": 0.01})
     ensure_ray(num_cpus, dashboard=True, log_file=os.path.join(local, LOG_NAME))  # quiet: Ray's lines go there
     t0 = time.perf_counter()
-    if resume and tune.Tuner.can_restore(d):
-        tuner = tune.Tuner.restore(d, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_tune_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                num_samples=samples,
-                scheduler=_scheduler(spec, base_cfg.train.epochs),
-                search_alg=_searcher(spec),
-                max_concurrent_trials=mct,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=os.path.dirname(d), failure_config=tune.FailureConfig(max_failures=1)
-            ),
-        )
+    tuner = _tuner(trainable, spec, base_cfg.train.epochs, state, d, bool(resume))
     stop, tune_log = _StopSeen(), logging.getLogger("ray.tune.tune")
     tune_log.addHandler(stop)
     try:
@@ -394,7 +406,7 @@ def _tag_mlflow(
     if not parent:
         return
     try:
-        client = tracking._client(uri)
+        client = tracking.mlflow_client(uri)
         exp_id = client.get_run(parent).info.experiment_id
         children = client.search_runs(
             [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..train import tracking
+from ..tracking import tracker as tracking
 
 
 def _fmt(v: Any) -> str:
@@ -28,7 +28,7 @@ def sweep_rows(
 ) -> tuple[dict, list[dict]]:
     """(parent info, one row per trial) for sweep ``name``; raises LookupError when it is not in the store."""
     uri = tracking.resolve_tracking_uri(uri)
-    client = tracking._client(uri)
+    client = tracking.mlflow_client(uri)
     exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
     exp_ids = [e.experiment_id for e in exps if e is not None]
     parents = (

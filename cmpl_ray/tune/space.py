@@ -109,44 +109,13 @@ def _check_values(path: str, base: dict[str, Any], axis: str, kind: str, vals: l
             raise _err(path, f"space.{axis}", f"value {v!r} is refused: {e}") from None
 
 
-def load_space(path: str, preset: str | None = None, searcher: str | None = None) -> SweepSpec:
-    """Read and validate a space file; ``preset`` / ``searcher`` (CLI flags) win over the file's own."""
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search-space file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    known = {
-        "description",
-        "preset",
-        "searcher",
-        "num_samples",
-        "scheduler",
-        "max_concurrent_trials",
-        "fixed",
-        "space",
-        "metric",
-        "mode",
-    }
-    for k in raw:
-        if k not in known:
-            raise _err(path, k, f"unknown key; expected one of {sorted(known)}")
-    preset = preset or raw.get("preset")
-    base = preset_dict(preset) if preset else {}
-    searcher = searcher or raw.get("searcher", "grid")
-    if searcher not in SEARCHERS:
-        raise _err(path, "searcher", f"must be one of {SEARCHERS}, got {searcher!r}")
-    num_samples = raw.get("num_samples", 1)
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise _err(path, "num_samples", f"must be an integer >= 1, got {num_samples!r}")
-    mct = raw.get("max_concurrent_trials", 1)
-    if not isinstance(mct, int) or isinstance(mct, bool) or mct < 1:
-        raise _err(path, "max_concurrent_trials", f"must be an integer >= 1, got {mct!r}")
-    sched = dict(raw.get("scheduler") or {"name": "asha"})
+SPACE_FILE_KEYS = {"description", "preset", "searcher", "num_samples", "scheduler", "max_concurrent_trials",
+                   "fixed", "space", "metric", "mode"}  # fmt: skip
+
+
+def _scheduler_spec(path: str, raw: Any) -> dict[str, Any]:
+    """``scheduler:`` checked: a known name (default asha) and numbers >= 1 (reduction_factor >= 2)."""
+    sched = dict(raw or {"name": "asha"})
     if sched.get("name", "asha") not in SCHEDULERS:
         raise _err(path, "scheduler.name", f"must be one of {SCHEDULERS}, got {sched.get('name')!r}")
     sched.setdefault("name", "asha")
@@ -159,6 +128,59 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
     unknown = set(sched) - {"name", "grace_period", "reduction_factor", "max_t"}
     if unknown:
         raise _err(path, "scheduler", f"unknown keys {sorted(unknown)}")
+    return sched
+
+
+def _axis(path: str, base: dict, axis: str, spec: Any, searcher: str) -> tuple[str, list]:
+    """One ``space:`` axis checked: one kind with a non-empty list, numeric ranges well formed, every value
+    valid for its config key (:func:`_check_values`)."""
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise _err(path, f"space.{axis}", f"must be one of {{{' | '.join(KINDS)}: values}}, got {spec!r}")
+    kind, vals = next(iter(spec.items()))
+    if not isinstance(vals, list) or not vals:
+        raise _err(path, f"space.{axis}.{kind}", f"must be a non-empty list, got {vals!r}")
+    if kind in ("uniform", "loguniform", "quniform", "randint"):
+        want = 3 if kind == "quniform" else 2
+        if len(vals) != want or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+            raise _err(path, f"space.{axis}.{kind}", f"needs {want} numbers, got {vals!r}")
+        if not vals[0] < vals[1] or (kind == "loguniform" and vals[0] <= 0):
+            raise _err(path, f"space.{axis}.{kind}", f"needs lo < hi (and lo > 0 for loguniform), got {vals!r}")
+    if searcher == "optuna" and (kind == "grid" or any(isinstance(v, (dict, list)) for v in vals)):
+        raise _err(
+            path,
+            f"space.{axis}",
+            "optuna searches choice/uniform/... of plain values, not grids or bundles: use searcher grid or random",
+        )
+    _check_values(path, base, axis, kind, vals)
+    return kind, vals
+
+
+def load_space(path: str, preset: str | None = None, searcher: str | None = None) -> SweepSpec:
+    """Read and validate a space file; ``preset`` / ``searcher`` (CLI flags) win over the file's own."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: search-space file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    for k in raw:
+        if k not in SPACE_FILE_KEYS:
+            raise _err(path, k, f"unknown key; expected one of {sorted(SPACE_FILE_KEYS)}")
+    preset = preset or raw.get("preset")
+    base = preset_dict(preset) if preset else {}
+    searcher = searcher or raw.get("searcher", "grid")
+    if searcher not in SEARCHERS:
+        raise _err(path, "searcher", f"must be one of {SEARCHERS}, got {searcher!r}")
+    num_samples = raw.get("num_samples", 1)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise _err(path, "num_samples", f"must be an integer >= 1, got {num_samples!r}")
+    mct = raw.get("max_concurrent_trials", 1)
+    if not isinstance(mct, int) or isinstance(mct, bool) or mct < 1:
+        raise _err(path, "max_concurrent_trials", f"must be an integer >= 1, got {mct!r}")
+    sched = _scheduler_spec(path, raw.get("scheduler"))
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must be a mapping of section.key: value")
@@ -174,27 +196,7 @@ def load_space(path: str, preset: str | None = None, searcher: str | None = None
     rawspace = raw.get("space")
     if not isinstance(rawspace, dict) or not rawspace:
         raise _err(path, "space", "must be a non-empty mapping of axis: {grid|choice|uniform|...: values}")
-    space: dict[str, tuple[str, list]] = {}
-    for axis, spec in rawspace.items():
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
-            raise _err(path, f"space.{axis}", f"must be one of {{{' | '.join(KINDS)}: values}}, got {spec!r}")
-        kind, vals = next(iter(spec.items()))
-        if not isinstance(vals, list) or not vals:
-            raise _err(path, f"space.{axis}.{kind}", f"must be a non-empty list, got {vals!r}")
-        if kind in ("uniform", "loguniform", "quniform", "randint"):
-            want = 3 if kind == "quniform" else 2
-            if len(vals) != want or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
-                raise _err(path, f"space.{axis}.{kind}", f"needs {want} numbers, got {vals!r}")
-            if not vals[0] < vals[1] or (kind == "loguniform" and vals[0] <= 0):
-                raise _err(path, f"space.{axis}.{kind}", f"needs lo < hi (and lo > 0 for loguniform), got {vals!r}")
-        if searcher == "optuna" and (kind == "grid" or any(isinstance(v, (dict, list)) for v in vals)):
-            raise _err(
-                path,
-                f"space.{axis}",
-                "optuna searches choice/uniform/... of plain values, not grids or bundles: use searcher grid or random",
-            )
-        _check_values(path, base, axis, kind, vals)
-        space[axis] = (kind, vals)
+    space = {axis: _axis(path, base, axis, spec, searcher) for axis, spec in rawspace.items()}
     metric = raw.get("metric", "val_top1")
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):

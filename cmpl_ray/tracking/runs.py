@@ -24,7 +24,8 @@ import json
 import os
 from typing import Any
 
-from . import tracking
+from ..files import read_bytes
+from . import tracker as tracking
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -43,20 +44,9 @@ def mark_model_training(client: Any, experiment_id: str, tags: dict[str, str] | 
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
-def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as stream:
-            return stream.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def file_sha256(path: str) -> str:
     """Hex SHA-256 of the file's bytes (``sha256sum FILE``)."""
-    return hashlib.sha256(_read_bytes(path)).hexdigest()
+    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 def list_dataset(path: str, role: str):
@@ -66,7 +56,7 @@ def list_dataset(path: str, role: str):
 
     from ..data.lists import parse_list
 
-    data = _read_bytes(path)
+    data = read_bytes(path)
     sha = hashlib.sha256(data).hexdigest()
     items = parse_list(data.decode("utf-8-sig"), path)
     local = "://" not in path
@@ -111,7 +101,7 @@ def log_list_inputs(uri: str, run_id: str | None, cfg: Any) -> bool:
     if not run_id:
         return False
     try:
-        tracking._client(tracking.resolve_tracking_uri(uri)).log_inputs(run_id, datasets=list_inputs(cfg.data))
+        tracking.mlflow_client(tracking.resolve_tracking_uri(uri)).log_inputs(run_id, datasets=list_inputs(cfg.data))
         return True
     except Exception as e:  # noqa: BLE001
         tracking._warn(f"could not log the list files as MLflow dataset inputs of run {run_id}: {e!r}")
@@ -146,7 +136,7 @@ def start_run(
 
     uri = tracking.resolve_tracking_uri(uri)
     try:
-        client = tracking._client(uri)
+        client = tracking.mlflow_client(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             db = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
@@ -191,7 +181,7 @@ def find_run(uri: str, experiment: str, tags: dict) -> str | None:
     uri = tracking.resolve_tracking_uri(uri)
     want = {str(k): str(v) for k, v in tags.items()}
     try:
-        client = tracking._client(uri)
+        client = tracking.mlflow_client(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return None

@@ -7,7 +7,7 @@ generators (:mod:`cmpl_ray.data.epochs`), never from the process that decodes it
 A bad video never kills an epoch: its row comes out with ``valid=False``, zero pixels and an error code, so
 batch shapes and the number of steps per rank stay fixed (``streaming_split`` needs equal consumption) and
 the trainer counts and names it. Error codes: :data:`ERR_CODES`. Each item also says which library read it
-(``l_dec``, ``u_dec``, ``dec``: :data:`~cmpl_ray.data.decode.DECODER_NAMES`, -1 = not read), since files decord
+(``l_dec``, ``u_dec``, ``dec``: :data:`~cmpl_ray.data.video_reader.DECODER_NAMES`, -1 = not read), since files decord
 cannot open (AV1) are read with PyAV.
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 
 from ..config import DataConfig
 from . import augment
-from .decode import DECORD, NOT_READ, BadVideo, read_sampled
 from .epochs import EpochTable, row_keys, row_rng
 from .sampling import clip_indices, eval_clip_starts, sample_train_indices
+from .video_reader import DECORD, NOT_READ, BadVideo, read_sampled
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ ERR_CODES = {
     99: "looped_short",
 }
 _REASON_TO_CODE = {"missing": 1, "empty": 2, "undecodable": 3, "timeout": 4, "bad_label": 5}
-PAD, LOOPED = 98, 99
+OK, PAD, LOOPED = 0, 98, 99  # a good row; a row that evens out the ranks' shares; a short video looped to length
 
 
-def _fetch(path: str) -> str | bytes:
+def fetch_video(path: str) -> str | bytes:
     """Local paths go straight to decord; object-store URIs are read into memory with pyarrow."""
     if "://" not in path or path.startswith("file://"):
         return path.removeprefix("file://")
@@ -63,7 +63,7 @@ def _code(e: BadVideo) -> int:
 
 
 def _decoder(res: tuple) -> int:
-    """Which library read a video, from :func:`~cmpl_ray.data.decode.read_sampled`'s result. A stand-in reader
+    """Which library read a video, from :func:`~cmpl_ray.data.video_reader.read_sampled`'s result. A stand-in reader
     returning a plain tuple (the GPU study's in-memory videos) counts as decord, the fast path it replaces."""
     return int(getattr(res, "decoder", DECORD))
 
@@ -126,7 +126,7 @@ class ClipDecoder:
             )
             return np.concatenate([idx_p, idx_a]) if self.with_aux else idx_p
 
-        res = read_sampled(_fetch(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)
+        res = read_sampled(fetch_video(path), choose, short_side=size, timeout_s=dc.decode_timeout_s)
         frames, n, _ = res  # (T,H,W,3)
         return frames[:t_p], (frames[t_p:] if self.with_aux else None), n < dc.raw_clip_len, _decoder(res)
 
@@ -142,7 +142,7 @@ class ClipDecoder:
             ia = [clip_indices(n, s, dc.raw_clip_len, dc.aux_stride) for s in starts] if self.with_aux else []
             return np.concatenate(ip + ia)
 
-        res = read_sampled(_fetch(path), choose, short_side=dc.test_short_side, timeout_s=dc.decode_timeout_s)
+        res = read_sampled(fetch_video(path), choose, short_side=dc.test_short_side, timeout_s=dc.decode_timeout_s)
         frames, n, _ = res
         out, pos = [], 0
         for t, count in ((t_p, dc.eval_clips), (t_a, dc.eval_clips if self.with_aux else 0)):
@@ -164,7 +164,7 @@ class ClipDecoder:
     ) -> tuple[dict[str, np.ndarray], int, int, int]:
         """(views, code, label, decoder) of one video, or raises BadVideo. kind: labeled | unlabeled | val. The
         label comes back remapped (``data.flip_label_map``) when a labeled clip was flipped; decoder: which
-        library read the file (:data:`~cmpl_ray.data.decode.DECODER_NAMES`)."""
+        library read the file (:data:`~cmpl_ray.data.video_reader.DECODER_NAMES`)."""
         dc, rng = self.dc, rng or self.rng
         if not 0 <= label < self.k:
             raise BadVideo("bad_label")

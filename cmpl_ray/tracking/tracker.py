@@ -63,7 +63,7 @@ def _fast_http_defaults() -> None:
         os.environ.setdefault(k, v)
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     _fast_http_defaults()  # mlflow reads these per request, so setting them here suffices
     from mlflow import MlflowClient  # lazy: importing mlflow costs ~4 s
 
@@ -220,7 +220,7 @@ def replay_buffer(uri: str, run_id: str, buffer_path: str) -> int:
     """Send a buffer file left by a Tracker to ``run_id``; returns how many metrics were sent. Records the run
     already has (step at or below the run's highest for that key) or that repeat a (key, step) are not sent.
     The file is removed once everything is sent (no duplicates on a second call); errors raise."""
-    return _replay(_client(resolve_tracking_uri(uri)), run_id, buffer_path)
+    return _replay(mlflow_client(resolve_tracking_uri(uri)), run_id, buffer_path)
 
 
 class Tracker:
@@ -261,7 +261,7 @@ class Tracker:
         self._known: dict[str, int] | None = None  # store's highest step per key; None: ask before sending
 
     def _get_client(self):
-        self._client = self._client or _client(self.uri)
+        self._client = self._client or mlflow_client(self.uri)
         return self._client
 
     def _online(self, force: bool = False) -> bool:

@@ -21,10 +21,10 @@ class MlflowRelay:
     """Actor body: a real ``MlflowClient`` for ``uri`` on the head node."""
 
     def __init__(self, uri: str):
-        from .tracking import _client
+        from .tracker import mlflow_client
 
         self.uri = uri
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
@@ -43,7 +43,7 @@ class MlflowRelay:
             self.client.log_artifacts(run_id, tmp, artifact_path)
 
     def max_steps(self, run_id: str) -> dict[str, int]:
-        from .tracking import store_max_steps
+        from .tracker import store_max_steps
 
         return store_max_steps(self.client, run_id)
 
