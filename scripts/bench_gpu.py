@@ -20,7 +20,7 @@ strong). FLOPs are counted with ``torch.utils.flop_counter``; a backward pass is
 compute rows as a JSON list. ``--aux-variants`` adds CMPL rows with the auxiliary's cost hidden two ways:
 ``aux_stream`` (``train.aux_stream``: its forward/backward on a second CUDA stream; first checks that the gradients
 match the one-stream step's) and ``compile_aux`` (``torch.compile`` of the auxiliary, compile time reported apart).
-``scripts/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
+``studies/gpu_study.py`` calls :func:`compute_bench` in-process for its step costs.
 """
 
 from __future__ import annotations

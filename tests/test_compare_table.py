@@ -1,4 +1,4 @@
-"""The comparison table of scripts/compare_algorithms.py: means, spreads and margin verdicts."""
+"""The comparison table of studies/compare_algorithms.py: means, spreads and margin verdicts."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 spec = importlib.util.spec_from_file_location(
-    "compare_algorithms", Path(__file__).parents[1] / "scripts" / "compare_algorithms.py"
+    "compare_algorithms", Path(__file__).parents[1] / "studies" / "compare_algorithms.py"
 )
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
@@ -85,7 +85,7 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
     import csv
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "studies"))
     import compare_suite
 
     vals = {
@@ -131,7 +131,7 @@ def test_suite_summary_rows_margins_and_held_out_line(tmp_path):
 
 
 def _rec(algo, seed, top1, tag="study", overrides=(), pl=None):
-    """One results.jsonl line of scripts/recipe_study.py (only what the comparison reads)."""
+    """One results.jsonl line of studies/recipe_study.py (only what the comparison reads)."""
     hist = {"val_top1": top1}
     if pl is not None:
         hist["pl_per_class_f"] = {"mask_rate": pl[0], "precision": pl[1], "recall": pl[1]}
@@ -154,7 +154,7 @@ def test_recipe_study_compare_pairs_seeds_and_averages_classes(tmp_path):
     families ignored, a re-run replaces the earlier run, per-class means over seeds."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "studies"))
     import recipe_compare
 
     recs = [
@@ -207,7 +207,7 @@ def test_recipe_study_summary_one_row_per_family_with_ceiling_and_precision():
     precision (FixMatch / CMPL), CMPL's other schemes left out, tuned and held-out families counted apart."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "studies"))
     import recipe_compare
 
     def rec(fam, algo, seed, top1, **kw):

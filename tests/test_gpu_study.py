@@ -1,4 +1,4 @@
-"""The GPU study's one command (``scripts/gpu_study.sh``) on CPU with ``--smoke``, with the packages the lent GPU
+"""The GPU study's one command (``studies/gpu_study.sh``) on CPU with ``--smoke``, with the packages the lent GPU
 machine lacks (decord, PyAV, kornia, Ray, MLflow) pretended away, so that it works the first time there: one
 device lease is 15 minutes, too short to debug in."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "studies"))
 ALGOS = ("supervised", "fixmatch", "cmpl")
 
 

@@ -1,8 +1,8 @@
 """Ray-free runner: the trainer's decoder, loop and evaluation on one process, fed by a torch ``DataLoader``.
 
 Why: the same ``ClipDecoder``, ``train_one_epoch`` and ``evaluate`` as a Ray Train run, without a cluster,
-for recipe studies (``scripts/recipe_study.py``), the GPU study on machines without Ray
-(``scripts/gpu_study.sh``) and tests. Results are NOT logged to MLflow and no checkpoints are written; use
+for recipe studies (``studies/recipe_study.py``), the GPU study on machines without Ray
+(``studies/gpu_study.sh``) and tests. Results are NOT logged to MLflow and no checkpoints are written; use
 ``cmpl-ray train`` for real runs.
 
 Sampling is a function of (``train.seed``, epoch, position): every epoch draws fresh labeled/unlabeled

@@ -1,4 +1,4 @@
-"""The GPU study's environment check and in-memory videos (``scripts/gpu_study.py``).
+"""The GPU study's environment check and in-memory videos (``studies/gpu_study.py``).
 
 Why a module of its own: the lent GPU machine lacks decord, PyAV and kornia, so the study checks what is
 there (and stubs or turns off what is not) and renders the suite family's videos in memory, served to the

@@ -9,16 +9,16 @@ all algorithms of a seed share that split, so the margins compare algorithms, no
 Examples::
 
     # synthetic set (written to <out>/data first), fewlabel-cpu recipe, 8 labels/class, seeds 0 1 2
-    python scripts/compare_algorithms.py --synth --out outputs/compare --num-cpus 2
+    python studies/compare_algorithms.py --synth --out outputs/compare --num-cpus 2
     # more seeds later (another session), one table for all: the earlier rows are merged in
-    python scripts/compare_algorithms.py --synth --out outputs/compare2 --seeds 3 4 5 \\
+    python studies/compare_algorithms.py --synth --out outputs/compare2 --seeds 3 4 5 \\
         --merge outputs/compare/results.csv
     # any dataset
-    python scripts/compare_algorithms.py --root /data/ucf101 --train-list /data/ucf101/train.txt \\
+    python studies/compare_algorithms.py --root /data/ucf101 --train-list /data/ucf101/train.txt \\
         --val-list /data/ucf101/val.txt --classes /data/ucf101/classes.txt --labels-per-class 3 \\
         --preset ucf101-1pct-r18 --out outputs/ucf-compare
     # Appendix A pseudo-label schemes as extra CMPL rows
-    python scripts/compare_algorithms.py --synth --schemes cross self_first maximum
+    python studies/compare_algorithms.py --synth --schemes cross self_first maximum
 
 Writes ``<out>/results.csv`` (one row per run), ``<out>/results.md`` (mean +- std of top-1 per algorithm,
 per-seed values, margins CMPL - FixMatch, FixMatch - supervised and CMPL - supervised with seeds won, a paired-t

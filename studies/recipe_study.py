@@ -5,14 +5,14 @@ Why: finding out why a recipe does or does not learn needs many short runs; the 
 trainer's own decoder, loop and evaluation, so what it measures carries over to ``cmpl-ray train`` (the
 suite comparison, ``compare_algorithms.py --suite``, re-measures the final recipe with the real trainer).
 
-    python scripts/recipe_study.py --families direction speed --labels all --algo supervised \\
+    python studies/recipe_study.py --families direction speed --labels all --algo supervised \\
         --preset fewlabel-cpu --set train.epochs=10 --tag more-epochs
 
 Each run appends one JSON line (family, labels, algo, seed, tag, overrides, top-1, per-class, history,
 seconds) to ``<out>/results.jsonl`` and prints a one-line summary; ``--table`` prints the runs so far, and
 ``--compare TAG ...`` the seed-paired comparison of the runs with those tags (one family and label count):
 
-    python scripts/recipe_study.py --compare fewlabel-r1 fewlabel-r1-maximum --families heldout --labels 10
+    python studies/recipe_study.py --compare fewlabel-r1 fewlabel-r1-maximum --families heldout --labels 10
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
     if args.compare:
-        from recipe_compare import COMMON, compare_markdown, summary_markdown  # scripts/ is on sys.path here
+        from recipe_compare import COMMON, compare_markdown, summary_markdown  # studies/ is on sys.path here
 
         records = [json.loads(line) for line in open(res_path)]
         given = args.families != ap.get_default("families")

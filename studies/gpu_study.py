@@ -19,8 +19,8 @@ Why it is built this way:
 Under ``--out``: ``gpu_study.jsonl`` (one JSON record per line, ``kind`` = env, plan, bench, run, skipped, error,
 summary) and ``gpu_study.txt`` (the table, rewritten after each run).
 
-    bash scripts/gpu_study.sh                 # on the GPU machine (the device tool sets OUT)
-    bash scripts/gpu_study.sh --smoke         # CPU check: tiny networks and data, 2 seeds, 1-2 minutes
+    bash studies/gpu_study.sh                 # on the GPU machine (the device tool sets OUT)
+    bash studies/gpu_study.sh --smoke         # CPU check: tiny networks and data, 2 seeds, 1-2 minutes
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import traceback
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "studies")]
 T0 = float(os.environ.get("GPU_STUDY_T0") or time.time())  # the wrapper's start: the budget counts imports too
 PAIRS = (
     ("fixmatch", "supervised"),
@@ -62,7 +62,7 @@ def algo_sets(algo: str) -> list[str]:
     return [f"algo.name={base}"] + ([f"algo.scheme={scheme}"] if scheme else [])
 
 
-from gpu_study_data import check_env, make_family  # noqa: E402  (scripts/ is on sys.path above)
+from gpu_study_data import check_env, make_family  # noqa: E402  (studies/ is on sys.path above)
 
 
 def say(msg: str) -> None:

@@ -7,7 +7,7 @@ in what carries the class, resolution, clip length, background, camera motion an
 all-labels ceiling, each algorithm's mean +- std and the paired per-seed margins with their 95% interval,
 then how many tuned families each margin holds on, the held-out family reported on its own line.
 
-    python scripts/compare_algorithms.py --suite --runner local --seeds 0 1 2 --labels-per-class 10 \\
+    python studies/compare_algorithms.py --suite --runner local --seeds 0 1 2 --labels-per-class 10 \\
         --algos all-labels supervised fixmatch cmpl --preset suite-cpu --out outputs/suite
 """
 

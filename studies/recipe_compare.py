@@ -1,4 +1,4 @@
-"""Seed-paired comparison of Ray-free recipe-study runs (``scripts/recipe_study.py --compare TAG ...``).
+"""Seed-paired comparison of Ray-free recipe-study runs (``studies/recipe_study.py --compare TAG ...``).
 
 Why: the issue's question is not "which run scored highest" but "is the margin more than a split's luck". The
 table is the one ``compare_algorithms.py`` prints for the Ray trainer (mean +- std, per-seed values, paired
@@ -109,7 +109,7 @@ def compare_markdown(
         return f"# {family}, {labels} labels/class: no runs with tags {tags}\n"
     seeds = sorted({r["seed"] for r in rows})
     notes = [
-        f"tags {', '.join(tags)}; seeds {seeds}; Ray-free runner (scripts/recipe_study.py)",
+        f"tags {', '.join(tags)}; seeds {seeds}; Ray-free runner (studies/recipe_study.py)",
         "mask / PL precision: the last round's means, as fractions; F = labels the primary learns from",
     ]
     md = results_markdown(rows, f"{family}, {labels} labels/class", notes)
