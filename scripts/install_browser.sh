@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A system Chromium for tests/test_ui_browser.py and scripts/mlflow_screenshots.py (Playwright drives it; it
+# A system Chromium for tests/e2e/test_ui_browser.py and scripts/mlflow_screenshots.py (Playwright drives it; it
 # downloads no browser of its own). Debian/Ubuntu: the distribution's `chromium` package, ~45 s and ~300 MB.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then

@@ -1,4 +1,4 @@
-"""``cmpl-ray ui``'s views on a real sqlite MLflow store (no server, no browser: tests/test_ui_browser.py has those)."""
+"""``cmpl-ray ui``'s views on a real sqlite MLflow store (no server, no browser: tests/e2e/test_ui_browser.py)."""
 
 import json
 import subprocess

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 PRESETS = sorted(
     f[:-5]
-    for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "cmpl_ray", "presets"))
+    for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "cmpl_ray", "presets"))
     if f.endswith(".yaml")
 )
 EPOCHS = 3
