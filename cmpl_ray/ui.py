@@ -98,21 +98,11 @@ def experiment_view(client: Any, experiment: str | None) -> tuple[str, str, dict
 
 def sweep_view(client: Any, sweep: str, experiment: str | None) -> tuple[str, str, dict]:
     """(experiment id, key, state) for a sweep: its trials only, the swept axes, sorted by the sweep's metric."""
-    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
-    exp_ids = [e.experiment_id for e in exps if e is not None]
-    parents = (
-        client.search_runs(
-            exp_ids,
-            filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if exp_ids
-        else []
-    )
-    if not parents:
+    from .tune.report import find_sweep_parent
+
+    parent = find_sweep_parent(client, sweep, experiment)
+    if parent is None:
         raise LookupError(f"no sweep named {sweep!r} in this store (cmpl-ray tune --name sets it)")
-    parent = parents[0]
     axes = [a for a in parent.data.params.get("sweep.axes", "").split(",") if a]
     metric = parent.data.params.get("sweep.metric", "val_top1")
     if parent.data.params.get("sweep.mode", "max") == "min" or not metric.startswith(("val_", "aux_val_")):

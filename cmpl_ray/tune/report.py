@@ -23,27 +23,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def find_sweep_parent(client: Any, name: str, experiment: str | None = None):
+    """The newest MLflow parent run of sweep ``name`` (tags ``cmpl.sweep``, ``cmpl.role=sweep``), or None."""
+    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    exp_ids = [e.experiment_id for e in exps if e is not None]
+    if not exp_ids:
+        return None
+    found = client.search_runs(
+        exp_ids,
+        filter_string=f"tags.`cmpl.sweep` = '{name}' and tags.`cmpl.role` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
 def sweep_rows(
     name: str, uri: str = "", experiment: str | None = None, metric: str | None = None
 ) -> tuple[dict, list[dict]]:
     """(parent info, one row per trial) for sweep ``name``; raises LookupError when it is not in the store."""
     uri = tracking.resolve_tracking_uri(uri)
     client = tracking.mlflow_client(uri)
-    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
-    exp_ids = [e.experiment_id for e in exps if e is not None]
-    parents = (
-        client.search_runs(
-            exp_ids,
-            filter_string=f"tags.`cmpl.sweep` = '{name}' and tags.`cmpl.role` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if exp_ids
-        else []
-    )
-    if not parents:
+    parent = find_sweep_parent(client, name, experiment)
+    if parent is None:
         raise LookupError(f"no sweep named {name!r} in the MLflow store {uri}")
-    parent = parents[0]
     metric = metric or parent.data.params.get("sweep.metric", "val_top1")
     pick = min if parent.data.params.get("sweep.mode", "max") == "min" else max
     children = client.search_runs(
