@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -422,22 +421,3 @@ def write_family(out_dir: str, family: str, per_class: int = 60, val_per_class: 
     with open(os.path.join(out_dir, "suite.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info
-
-
-def write_suite(
-    out_dir: str,
-    families: list[str] | None = None,
-    per_class: int = 60,
-    val_per_class: int = 50,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, dict]:
-    """Every family (or ``families``) under ``out_dir/<family>/``; returns each family's summary."""
-    out = {}
-    for name in families or list(FAMILIES):
-        out[name] = write_family(os.path.join(out_dir, name), name, per_class, val_per_class, seed)
-        if log:
-            log(
-                f"suite: {name}: {out[name]['train']} train + {out[name]['val']} val videos in {out[name]['seconds']} s"
-            )
-    return out

@@ -119,12 +119,6 @@ class Sampled(tuple):
         return type(self), (*self, self.decoder)
 
 
-def _describe(src: Source) -> str:
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return f"<{len(src)} bytes>"
-    return os.fspath(src)
-
-
 def _check_source(src: Source) -> None:
     """Reject missing / zero-byte inputs without touching decord."""
     if isinstance(src, (bytes, bytearray, memoryview)):

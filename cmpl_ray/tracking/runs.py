@@ -44,11 +44,6 @@ def mark_model_training(client: Any, experiment_id: str, tags: dict[str, str] | 
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of the file's bytes (``sha256sum FILE``)."""
-    return hashlib.sha256(read_bytes(path)).hexdigest()
-
-
 def list_dataset(path: str, role: str):
     """An MLflow ``Dataset`` for one list file: name = file name, digest = its SHA-256 prefix, profile = counts."""
     from mlflow.entities import Dataset

@@ -259,24 +259,25 @@ def _mlflow_run_for(
     return run_id
 
 
-def _loop_config(cfg: Config, plan: RunPlan, run_id: str | None, actors: dict, resume_state, val_mode: str):
-    """What every worker gets (``train_loop_config``); the driver's actors travel as handles."""
+def _worker_inputs(cfg: Config, plan: RunPlan, run_id: str | None, actors: dict, resume_state, val_mode: str):
+    """What every worker gets; the driver's actors travel as handles, ``run.resume``'s state through the object
+    store (read here, where the path is, so every rank gets it on any node)."""
     import ray
 
-    return {
-        "cfg": cfg.to_dict(), "num_classes": plan.num_classes, "class_names": plan.names, "steps": plan.steps,
-        "run_id": run_id, "tracking_uri": plan.uri, "output_dir": plan.out_dir, "identity": plan.ident,
-        "mlflow_relay": actors["relay"], "epoch_clock": actors["clock"], "attempts": actors["counter"],
-        "progress_board": actors["board"], "run_folder": identity.run_dir(plan.store, cfg.run.name),
-        # read here, where the path is; every rank gets it from the object store on any node
-        "resume_state": ray.put(resume_state) if resume_state is not None else None,
-        "lists": {"labeled": [it.path for it in plan.labeled], "unlabeled": [it.path for it in plan.unlabeled]},
-        "val_decode": val_mode,
-        "val_items": [(it.path, it.label) for it in plan.val] if val_mode == "worker" else None,
-    }  # fmt: skip
+    from .inputs import WorkerInputs
+
+    return WorkerInputs(
+        cfg=cfg.to_dict(), num_classes=plan.num_classes, class_names=plan.names, steps=plan.steps,
+        output_dir=plan.out_dir, identity=plan.ident, run_folder=identity.run_dir(plan.store, cfg.run.name),
+        lists={"labeled": [it.path for it in plan.labeled], "unlabeled": [it.path for it in plan.unlabeled]},
+        val_decode=val_mode, val_items=[(it.path, it.label) for it in plan.val] if val_mode == "worker" else None,
+        run_id=run_id, tracking_uri=plan.uri, mlflow_relay=actors["relay"], epoch_clock=actors["clock"],
+        attempts=actors["counter"], progress_board=actors["board"],
+        resume_state=ray.put(resume_state) if resume_state is not None else None,
+    )  # fmt: skip
 
 
-def _trainer(cfg: Config, plan: RunPlan, loop_config: dict, datasets: dict, callbacks: list | None):
+def _trainer(cfg: Config, plan: RunPlan, inputs, datasets: dict, callbacks: list | None):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     from .runner import CHECKPOINT_SCORE
@@ -290,7 +291,7 @@ def _trainer(cfg: Config, plan: RunPlan, loop_config: dict, datasets: dict, call
     run = RunConfig(name=cfg.run.name, storage_path=plan.store, callbacks=callbacks or None, checkpoint_config=keep,
                     failure_config=FailureConfig(max_failures=cfg.run.max_failures))  # fmt: skip
     return _trainer_class()(
-        train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run,
+        train_loop_per_worker, train_loop_config={"inputs": inputs}, scaling_config=scaling, run_config=run,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options={"train": _ordered()}),
     )  # fmt: skip
@@ -384,9 +385,9 @@ def run_training(
 
         actors["relay"] = start_relay(plan.uri)
     actors["board"] = _start_board() if live and verbose else None
-    loop_config = _loop_config(cfg, plan, run_id, actors, resume_state, val_mode)
+    inputs = _worker_inputs(cfg, plan, run_id, actors, resume_state, val_mode)
     t0 = time.perf_counter()
-    result = _fit(_trainer(cfg, plan, loop_config, datasets, callbacks), actors)
+    result = _fit(_trainer(cfg, plan, inputs, datasets, callbacks), actors)
     wall = time.perf_counter() - t0
     metrics, best = _final_metrics(cfg, plan, result, wall, run_id)
     if run_id:  # best checkpoint folder + MLflow model "primary"; tracking trouble never fails a finished run

@@ -9,9 +9,7 @@ same files wherever rank 0 ran.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 RESULT_DIR = "result"
 
@@ -58,13 +56,3 @@ def download(run_folder: str, local_dir: str) -> list[str]:
         with fs.open_input_stream(info.path) as src, open(os.path.join(local_dir, name), "wb") as dst:
             dst.write(src.read())
     return sorted(os.path.basename(i.path) for i in files)
-
-
-def read_metrics(run_folder: str) -> dict[str, Any] | None:
-    """The run's stored ``metrics.json`` (None when rank 0 never wrote one)."""
-    fs, p = _fs(result_dir(run_folder))
-    try:
-        with fs.open_input_stream(f"{p}/metrics.json") as f:
-            return json.loads(f.read().decode())
-    except (FileNotFoundError, OSError):
-        return None

@@ -34,6 +34,7 @@ from . import attempts, results
 from . import checkpoint as ckpt
 from .console import format_step, step_event
 from .identity import check_checkpoint
+from .inputs import WorkerInputs
 from .loop import per_class_accuracy
 from .plots import plot_class_gap, plot_pseudo_label_ratio
 from .runner import CHECKPOINT_SCORE, Collectives, EpochOutcome, Nets, RunCounters, build_nets, run_epoch
@@ -117,17 +118,17 @@ def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: in
         yield _flatten_unlabeled(batch)
 
 
-def _val_source(cfg: Config, config: dict[str, Any], num_classes: int, with_aux: bool, rank: int, world: int):
+def _val_source(cfg: Config, inputs: WorkerInputs, num_classes: int, with_aux: bool, rank: int, world: int):
     """A callable giving one evaluation's batches for this rank: decoded here in threads (``data.val_decode``
     worker: items[rank::world], nothing to start) or read from the "val" shard (ray_data: a new actor pool per
     evaluation). Both give every val video once over the ranks and the same clips."""
-    if config.get("val_decode") != "worker":
+    if inputs.val_decode != "worker":
         shard = ray.train.get_dataset_shard("val")  # this rank's equal share (padded, exact)
         return lambda: shard.iter_torch_batches(batch_size=2, prefetch_batches=2)
     from ..data.lists import VideoItem
     from ..data.pipeline import iter_val_batches
 
-    items = [VideoItem(p, y) for p, y in config["val_items"]]
+    items = [VideoItem(p, y) for p, y in inputs.val_items]
     threads = max(2, cfg.train.threads_per_worker or int(cfg.train.cpus_per_worker))
     return lambda: iter_val_batches(cfg, items, num_classes, with_aux, rank, world, batch_size=2, threads=threads)
 
@@ -157,7 +158,7 @@ def _write_per_class(
             w.writerow(row + [f"{pseudo[net][q][i]:.2f}" for net, q in cols])
 
 
-def _restore_state(cfg: Config, config: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+def _restore_state(cfg: Config, inputs: WorkerInputs) -> tuple[dict[str, Any] | None, bool]:
     """(checkpoint state or None, whether it is this run's own checkpoint). Ray's restore (a restarted worker
     group or a re-run of the same command) comes first; else ``run.resume``, which the driver read and put in
     the object store (``resume_state``), so every rank gets it on any node whatever the path was relative to."""
@@ -166,12 +167,12 @@ def _restore_state(cfg: Config, config: dict[str, Any]) -> tuple[dict[str, Any] 
     if resume is not None:
         with resume.as_directory() as d:
             state = ckpt.load_checkpoint(d)
-    elif config.get("resume_state") is not None:
-        state = ray.get(config["resume_state"])
+    elif inputs.resume_state is not None:
+        state = ray.get(inputs.resume_state)
     elif cfg.run.resume:  # a caller that did not go through the driver (kept for the Ray-free tools)
         state = ckpt.load_checkpoint(cfg.run.resume)
-    if state is not None and config.get("identity") is not None:  # the driver checked too: this is the last guard
-        check_checkpoint(state, config["identity"], "restored checkpoint" if resume is not None else cfg.run.resume)
+    if state is not None and inputs.identity is not None:  # the driver checked too: this is the last guard
+        check_checkpoint(state, inputs.identity, "restored checkpoint" if resume is not None else cfg.run.resume)
     return state, resume is not None
 
 
@@ -213,15 +214,15 @@ def _worker_group_start(counter: Any, rank: int) -> tuple[str, int]:
     return answer[0]
 
 
-def _rank0_tracker(cfg: Config, config: dict[str, Any], rank: int) -> Tracker | None:
+def _rank0_tracker(cfg: Config, inputs: WorkerInputs, rank: int) -> Tracker | None:
     """Rank 0's MLflow logger, through the driver's relay actor when there is one. Metrics are sent once per
     epoch, before its checkpoint; after a restart the redone steps are logged again and the Tracker drops every
     (metric, step) the run already has, buffered ones too."""
     if rank != 0 or not cfg.tracking.enabled:
         return None
-    relay = RelayClient(config["mlflow_relay"]) if config.get("mlflow_relay") is not None else None
-    buffer = os.path.join(config["output_dir"], "mlflow_buffer.jsonl")
-    return Tracker(config["tracking_uri"], config.get("run_id"), buffer, flush_every=10**9, client=relay)
+    relay = RelayClient(inputs.mlflow_relay) if inputs.mlflow_relay is not None else None
+    buffer = os.path.join(inputs.output_dir, "mlflow_buffer.jsonl")
+    return Tracker(inputs.tracking_uri, inputs.run_id, buffer, flush_every=10**9, client=relay)
 
 
 def _step_logger(cfg: Config, tracker: Tracker | None, rank: int, start_step: int, steps: int):
@@ -263,7 +264,7 @@ def _say_eval(out: EpochOutcome, skipped_total: int) -> None:
 
 
 def _report(
-    cfg: Config, config: dict[str, Any], rank: int, epoch: int, nets: Nets, out: EpochOutcome, extra: dict[str, Any]
+    cfg: Config, inputs: WorkerInputs, rank: int, epoch: int, nets: Nets, out: EpochOutcome, extra: dict[str, Any]
 ) -> None:
     """``ray.train.report`` of the epoch, with rank 0's checkpoint (networks, optimizer, EMA, counters)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,23 +287,24 @@ RAY_COLLECTIVES = Collectives(
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: cfg (dict), num_classes, class_names, steps, run_id, tracking_uri, ...
+    """Ray Train entry point; ``config["inputs"]``: the driver's :class:`~.inputs.WorkerInputs`.
 
     Its Ray touchpoints: the context (rank, world), ``prepare_model`` (DDP), the dataset shards, the restored
     checkpoint, and one ``ray.train.report`` per epoch; the epoch itself is :func:`~.runner.run_epoch`."""
-    cfg: Config = from_dict(config["cfg"])
+    inputs: WorkerInputs = config["inputs"]
+    cfg: Config = from_dict(inputs.cfg)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    _board[0] = config.get("progress_board") if rank == 0 else None
+    _board[0] = inputs.progress_board if rank == 0 else None
     if not cfg.train.use_gpu:
         torch.set_num_threads(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
-    num_classes, steps = config["num_classes"], config["steps"]
+    num_classes, steps = inputs.num_classes, inputs.steps
 
-    session, attempt = _worker_group_start(config.get("attempts"), rank)
-    state, own_checkpoint = _restore_state(cfg, config)
+    session, attempt = _worker_group_start(inputs.attempts, rank)
+    state, own_checkpoint = _restore_state(cfg, inputs)
     extra = state.get("extra", {}) if state is not None else None
     restarts = attempts.restarts(session, attempt, extra, own_checkpoint)
     counters = RunCounters.from_extra(extra)
@@ -313,12 +315,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     elif rank == 0 and restarts:
         say(f"[cmpl-ray] restarted from the beginning (restart {restarts}: no checkpoint yet)")
 
-    tracker = _rank0_tracker(cfg, config, rank)
+    tracker = _rank0_tracker(cfg, inputs, rank)
     log_step = _step_logger(cfg, tracker, rank, start_epoch * steps, steps)
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
-    clock = config.get("epoch_clock")  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
+    clock = inputs.epoch_clock  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
     stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
-    val_batches = _val_source(cfg, config, num_classes, nets.aux is not None, rank, world)
+    val_batches = _val_source(cfg, inputs, num_classes, nets.aux is not None, rank, world)
     coll = dataclasses.replace(RAY_COLLECTIVES, world=world)
     out = None
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -329,11 +331,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )  # fmt: skip
         global_step = out.global_step
         if rank == 0:
-            _name_bad_files(out.new_bad, config["lists"])
+            _name_bad_files(out.new_bad, inputs.lists)
         _log_epoch(tracker, out.metrics, global_step)
-        run_record = {"class_names": config["class_names"], "restarts": restarts, "session": session,
-                      "attempt": attempt, "identity": config.get("identity")}  # fmt: skip
-        _report(cfg, config, rank, epoch, nets, out, {**counters.to_extra(), **run_record})
+        run_record = {"class_names": inputs.class_names, "restarts": restarts, "session": session,
+                      "attempt": attempt, "identity": inputs.identity}  # fmt: skip
+        _report(cfg, inputs, rank, epoch, nets, out, {**counters.to_extra(), **run_record})
 
     if start_epoch >= cfg.train.epochs and counters.history:
         # resumed after the last epoch's checkpoint (e.g. an interrupted sweep re-entering a finished trial):
@@ -345,12 +347,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             good_samples=counters.good_total, bad_files=counters.bad_files, world_size=world,
         )  # fmt: skip
         counts, pseudo = (out.counts, out.pseudo) if out is not None else (None, None)
-        _write_results(cfg, config, counters.history, totals, counts, pseudo, nets.aux is not None, tracker)
+        _write_results(cfg, inputs, counters.history, totals, counts, pseudo, nets.aux is not None, tracker)
 
 
 def _write_results(
     cfg: Config,
-    config: dict[str, Any],
+    inputs: WorkerInputs,
     history: list[dict[str, float]],
     totals: dict[str, Any],
     counts: dict[str, torch.Tensor] | None,
@@ -360,15 +362,11 @@ def _write_results(
 ) -> None:
     """Rank 0's result files, written to a local scratch folder and copied to the run's folder on shared
     storage (:mod:`cmpl_ray.train.results`), where the driver reads them on any node; then MLflow artifacts."""
-    names, num_classes = config["class_names"], config["num_classes"]
+    names, num_classes = inputs.class_names, inputs.num_classes
     with tempfile.TemporaryDirectory(prefix="cmpl-result-") as out:
         final = {k: history[-1][k] for k in history[-1]} if history else {}
         final.update(
-            epochs=cfg.train.epochs,
-            mlflow_run_id=config.get("run_id"),
-            num_classes=num_classes,
-            history=history,
-            **totals,
+            epochs=cfg.train.epochs, mlflow_run_id=inputs.run_id, num_classes=num_classes, history=history, **totals
         )
         if pseudo:
             final["pseudo_labels_per_class"] = {n: dict(q, classes=names) for n, q in pseudo.items()}
@@ -394,8 +392,8 @@ def _write_results(
                     )
                 except Exception as e:
                     log.warning("class-gap plot failed: %r", e)
-        if config.get("run_folder"):
-            results.upload(out, config["run_folder"])
+        if inputs.run_folder:
+            results.upload(out, inputs.run_folder)
         if tracker is not None:
             for a in artifacts:
                 tracker.log_artifact(a)
