@@ -39,7 +39,7 @@ import traceback
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "studies")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "studies"), os.path.join(ROOT, "scripts")]  # bench_gpu is a tool
 T0 = float(os.environ.get("GPU_STUDY_T0") or time.time())  # the wrapper's start: the budget counts imports too
 PAIRS = (
     ("fixmatch", "supervised"),

@@ -185,31 +185,32 @@ def test_ui_links_show_run_and_sweep_numbers_in_chromium(synth_root, splits, tmp
         # the experiment's runs: the newest run is the sweep's parent; the single run and its val top-1 are there
         proc, url = _start_ui(store, tmp_path, "--experiment", "ui-test")
         port = int(re.search(r":(\d+)/", url).group(1))
-        page.goto(url)
-        row = _row_texts(page, ["single"])["single"]
-        header = page.locator("[role=columnheader]").all_inner_texts()
-        assert "val_top1" in header, header
-        assert single.data.metrics["val_top1"] in _numbers(row), (row, single.data.metrics)
-        page.screenshot(path=str(tmp_path / "runs.png"))
-        _stop_ui(proc, port)
+        try:
+            page.goto(url)
+            row = _row_texts(page, ["single"])["single"]
+            header = page.locator("[role=columnheader]").all_inner_texts()
+            assert "val_top1" in header, header
+            assert single.data.metrics["val_top1"] in _numbers(row), (row, single.data.metrics)
+            page.screenshot(path=str(tmp_path / "runs.png"))
+        finally:
+            _stop_ui(proc, port)  # also when an assertion failed: no server left behind
 
         # the sweep: 4 trials, each row has its swept values and its val top-1
         proc, url = _start_ui(store, tmp_path, "--sweep", "grid")
         port = int(re.search(r":(\d+)/", url).group(1))
-        page.goto(url)
-        names = [t.data.tags["mlflow.runName"] for t in trials]
-        rows = _row_texts(page, names)
-        header = page.locator("[role=columnheader]").all_inner_texts()
-        assert {"optim.lr", "algo.threshold", "val_top1"} <= set(header), header
-        assert page.get_by_text("single", exact=True).count() == 0  # the view holds the sweep's trials only
-        for t in trials:
-            nums = _numbers(rows[t.data.tags["mlflow.runName"]])
-            for v in (
-                float(t.data.params["optim.lr"]),
-                float(t.data.params["algo.threshold"]),
-                t.data.metrics["val_top1"],
-            ):
-                assert any(abs(v - n) < 1e-3 for n in nums), (t.data.params, t.data.metrics, nums)
-        page.screenshot(path=str(tmp_path / "sweep.png"))
-        _stop_ui(proc, port)
+        try:
+            page.goto(url)
+            names = [t.data.tags["mlflow.runName"] for t in trials]
+            rows = _row_texts(page, names)
+            header = page.locator("[role=columnheader]").all_inner_texts()
+            assert {"optim.lr", "algo.threshold", "val_top1"} <= set(header), header
+            assert page.get_by_text("single", exact=True).count() == 0  # the view holds the sweep's trials only
+            for t in trials:
+                nums = _numbers(rows[t.data.tags["mlflow.runName"]])
+                swept = (float(t.data.params["optim.lr"]), float(t.data.params["algo.threshold"]))
+                for v in (*swept, t.data.metrics["val_top1"]):
+                    assert any(abs(v - n) < 1e-3 for n in nums), (t.data.params, t.data.metrics, nums)
+            page.screenshot(path=str(tmp_path / "sweep.png"))
+        finally:
+            _stop_ui(proc, port)
         browser.close()
