@@ -120,6 +120,13 @@ def link(base: str, experiment_id: str, key: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_PARAM}&viewStateShareKey={key}"
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -205,9 +212,7 @@ def serve(
         print(link(uri if remote else f"http://127.0.0.1:{port}", exp_id, key), flush=True)
         return 0
     if port == 0 or not port_free(port):  # 0: any free port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            free = s.getsockname()[1]
+        free = free_port()
         if port:
             print(f"[cmpl-ray ui] port {port} is taken; using {free}", flush=True)
         port = free

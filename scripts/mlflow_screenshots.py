@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -35,21 +34,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from cmpl_ray import ui
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _sweep_filter(uri: str, sweep: str) -> str:
-    parent = MlflowClient(uri).search_runs(
-        [e.experiment_id for e in MlflowClient(uri).search_experiments()],
-        filter_string=f"tags.`cmpl.sweep` = '{sweep}' and tags.`cmpl.role` = 'sweep'",
-        max_results=1,
-    )[0]
-    return f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+from cmpl_ray.tune.report import find_sweep_parent
 
 
 def pick_run(db: str, experiment: str, run_id: str | None):
@@ -157,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     exp, run = pick_run(db, args.experiment, args.run_id)
-    port = free_port()
+    port = ui.free_port()
     base = f"http://127.0.0.1:{port}"
     fd, log_path = tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")
     os.close(fd)
@@ -166,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep = None
     if args.sweep:
         sweep_exp, sweep_key = ui.prepare(uri, sweep=args.sweep)
-        trial = MlflowClient(uri).search_runs([sweep_exp], filter_string=_sweep_filter(uri, args.sweep), max_results=1)[
-            0
-        ]
+        parent = find_sweep_parent(MlflowClient(uri), args.sweep)  # the newest sweep of that name, as cmpl-ray ui
+        trial = MlflowClient(uri).search_runs(
+            [sweep_exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1
+        )[0]
         sweep = (ui.link(base, sweep_exp, sweep_key), trial.data.tags["mlflow.runName"])
     proc = ui.start_server(uri, port, log_path)
     try:

@@ -263,9 +263,7 @@ def _say_eval(out: EpochOutcome, skipped_total: int) -> None:
     )
 
 
-def _report(
-    cfg: Config, inputs: WorkerInputs, rank: int, epoch: int, nets: Nets, out: EpochOutcome, extra: dict[str, Any]
-) -> None:
+def _report(cfg: Config, rank: int, epoch: int, nets: Nets, out: EpochOutcome, extra: dict[str, Any]) -> None:
     """``ray.train.report`` of the epoch, with rank 0's checkpoint (networks, optimizer, EMA, counters)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -280,10 +278,7 @@ def _report(
         ray.train.report(out.metrics, checkpoint=checkpoint)
 
 
-RAY_COLLECTIVES = Collectives(
-    reduce_counts=lambda counts: _all_reduce_counts(counts), gather=lambda obj: _gather(obj),
-    sync_eval_weights=lambda nets: _broadcast_from_rank0(nets),
-)  # fmt: skip
+RAY_COLLECTIVES = Collectives(reduce_counts=_all_reduce_counts, gather=_gather, sync_eval_weights=_broadcast_from_rank0)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -335,7 +330,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _log_epoch(tracker, out.metrics, global_step)
         run_record = {"class_names": inputs.class_names, "restarts": restarts, "session": session,
                       "attempt": attempt, "identity": inputs.identity}  # fmt: skip
-        _report(cfg, inputs, rank, epoch, nets, out, {**counters.to_extra(), **run_record})
+        _report(cfg, rank, epoch, nets, out, {**counters.to_extra(), **run_record})
 
     if start_epoch >= cfg.train.epochs and counters.history:
         # resumed after the last epoch's checkpoint (e.g. an interrupted sweep re-entering a finished trial):

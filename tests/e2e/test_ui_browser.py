@@ -9,6 +9,8 @@ Needs ``chromium`` and ``playwright`` (``.ci/run`` installs both; elsewhere the 
 ``CMPL_REQUIRE_BROWSER=1``, which CI sets, so it cannot pass in CI by being skipped).
 """
 
+import glob
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -178,6 +181,9 @@ def test_ui_links_show_run_and_sweep_numbers_in_chromium(synth_root, splits, tmp
     single = next(r for r in runs if r.data.tags.get("mlflow.runName") == "single")
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(trials) == 4
+    # no fault was injected: a run Ray restarted after a crash would be no pass
+    finals = [tmp_path / "single" / "metrics.json", *glob.glob(f"{tmp_path}/tune/grid/trials/*/metrics.json")]
+    assert len(finals) == 5 and all(json.loads(Path(f).read_text())["restarts"] == 0 for f in finals), finals
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
