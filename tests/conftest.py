@@ -11,6 +11,17 @@ import os
 
 import pytest
 
+REAL_TIME_POLICIES = {getattr(os, n) for n in ("SCHED_FIFO", "SCHED_RR") if hasattr(os, n)}
+
+
+def pytest_configure(config):
+    """Leave a real-time scheduling policy inherited from the caller (seen on shared 2-core machines): under it,
+    threads that spin-wait (OpenMP, gloo's rendezvous) starve the thread they wait for and a two-process test never
+    ends.  Processes started later (Ray, DDP ranks) inherit the normal policy."""
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) in REAL_TIME_POLICIES:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 SYNTH_SMALL = dict(num_classes=4, per_class=6, seed=0, num_frames=32, size=40, fps=12, val_per_class=2)
 
 

@@ -2,8 +2,8 @@
 one of them under ``no_grad`` (``split``) and one at momentum 0 (``clean``/``split``), must still leave both
 ranks with the same weights after each step."""
 
+import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -25,9 +25,11 @@ def _net(t: int) -> nn.Module:
     )
 
 
-def _worker(rank: int, port: int, bn_mode: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int, bn_mode: str, out: str) -> None:
+    torch.set_num_threads(1)  # two ranks on a 2-core machine: no oversubscribed OpenMP threads
+    # a file store, not a TCP port picked beforehand that another process may take in between
+    store = "file://" + os.path.join(out, "rendezvous")
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)  # same initial weights on both ranks
     f = nn.parallel.DistributedDataParallel(_net(4))
     a = nn.parallel.DistributedDataParallel(_net(8))
@@ -55,9 +57,6 @@ def _worker(rank: int, port: int, bn_mode: str, out: str) -> None:
 
 @pytest.mark.parametrize("bn_mode", ["clean", "split"])
 def test_bn_mode_keeps_ranks_in_sync_under_ddp(bn_mode, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, bn_mode, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(bn_mode, str(tmp_path)), nprocs=2, join=True)
     w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.isfinite(w0).all() and torch.equal(w0, w1)
