@@ -83,6 +83,18 @@ def test_node_types_exist_and_are_sane(raw, prepared):
         assert mentioned in types, f"cluster.yaml mentions node type {mentioned!r} that is not defined"
 
 
+def test_placement_resources_match_the_config_keys(raw):
+    """train.worker_resource=trainer / data.decode_resource=decode need node types that declare them: one
+    `trainer` per GPU, and a CPU-only type with `decode` that the autoscaler can add."""
+    types = raw["available_node_types"]
+    for name, t in types.items():
+        if t["resources"].get("GPU", 0) >= 1:
+            assert t["resources"].get("trainer") == t["resources"]["GPU"], name
+    decode = [t for t in types.values() if t["resources"].get("decode")]
+    assert decode and all(t["resources"].get("GPU", 0) == 0 and t["resources"]["CPU"] >= 8 for t in decode)
+    assert all(t.get("max_workers", 0) > 0 for t in decode)
+
+
 def test_no_credentials_in_file():
     text = open(CLUSTER).read()
     for pat in (

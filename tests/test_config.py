@@ -115,12 +115,27 @@ def test_set_overrides_types():
         ("run.name=a/b", "run.name"),
         ("data.eval_crops=2", "data.eval_crops"),
         ("data.val_decode=threads", "data.val_decode"),
+        ("train.worker_resource=GPU", "train.worker_resource"),
+        ("train.worker_resource=node:10.0.0.1", "train.worker_resource"),
+        ("data.decode_resource=CPU", "data.decode_resource"),
+        ("data.decode_resource=de code", "data.decode_resource"),
     ],
 )
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         load_config("demo", overrides=[override])
     assert str(e.value).startswith(key)
+
+
+def test_placement_keys_take_custom_resource_names_and_leave_the_run_identity_alone():
+    from cmpl_ray.data.pipeline import decode_placement
+    from cmpl_ray.train.identity import fingerprint, identity
+
+    base = load_config("demo")
+    placed = load_config("demo", overrides=["train.worker_resource=trainer", "data.decode_resource=cpu-decode"])
+    assert decode_placement(placed) == {"resources": {"cpu-decode": 0.01}} and decode_placement(base) == {}
+    # where a run trains or decodes is not what it trains: a run may move to other nodes and still resume
+    assert fingerprint(identity(placed.flat())) == fingerprint(identity(base.flat()))
 
 
 def test_unknown_keys_get_a_suggestion():

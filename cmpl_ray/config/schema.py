@@ -27,6 +27,19 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _check_resource_name(name: str, key: str) -> None:
+    """A custom resource a node declares (``ray start --resources``): not a built-in one, not a node id."""
+    _check(
+        not name or (name.replace("_", "").replace("-", "").isalnum() and name not in BUILTIN_RESOURCES),
+        key,
+        f"must be empty or a custom resource name (letters, digits, _ or -; not {', '.join(BUILTIN_RESOURCES)}),"
+        f" got {name!r}",
+    )
+
+
 def flip_pairs_problem(pairs: list[tuple[Any, Any]]) -> str:
     """Why the pairs of a flip label map are not a swap of disjoint pairs ('' if they are). A flip applied twice
     gives back the clip, so the label map must be its own inverse: a class in two different pairs would send two
@@ -154,6 +167,10 @@ class DataConfig:
     """A video whose decode takes longer is skipped and counted."""
     cpus_per_decoder: float = 1.0
     """CPUs reserved by each decode actor."""
+    decode_resource: str = ""
+    """A custom Ray resource that each decode actor asks a share (0.01) of, so decoding runs only on nodes that
+    declare it: ``cluster.yaml``'s CPU-only ``decode`` node type declares ``decode: 1``, and the autoscaler adds
+    such a node when decode actors wait for it (docs/cluster.md). Empty: any node with free CPUs."""
     val_decode: str = "auto"
     """Who decodes the training-time evaluation: ``worker`` (each Train worker decodes its share of the val list
     in threads, as PySlowFast's loaders do: no start-up per evaluation), ``ray_data`` (a Ray Data actor pool
@@ -221,6 +238,7 @@ class DataConfig:
         _check(self.decode_batch >= 1, "data.decode_batch", f"must be >= 1, got {self.decode_batch}")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s", f"must be > 0, got {self.decode_timeout_s}")
         _check(self.cpus_per_decoder > 0, "data.cpus_per_decoder", f"must be > 0, got {self.cpus_per_decoder}")
+        _check_resource_name(self.decode_resource, "data.decode_resource")
         _check(
             self.val_decode in ("auto", "worker", "ray_data"),
             "data.val_decode",
@@ -318,6 +336,10 @@ class TrainConfig:
     """Give each worker a GPU (NCCL backend); CPU workers use gloo."""
     cpus_per_worker: float = 1.0
     """CPUs reserved by each training worker; leave the rest to Ray Data decoding."""
+    worker_resource: str = ""
+    """A custom Ray resource that each training worker asks one unit of, so workers run only on nodes that
+    declare it (``cluster.yaml``'s GPU node type declares ``trainer: <GPUs>``): decoding cannot take the trainer
+    nodes' CPUs first. Empty: any node with the CPUs (and GPU)."""
     amp: str = "none"
     """Mixed precision on GPU: none | bf16 | fp16 (fp16 uses a GradScaler)."""
     channels_last: bool = True
@@ -354,6 +376,7 @@ class TrainConfig:
         )
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        _check_resource_name(self.worker_resource, "train.worker_resource")
         _check(self.amp in ("none", "bf16", "fp16"), "train.amp", f"must be none, bf16 or fp16, got {self.amp!r}")
         _check(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
         _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
+from ..placement import node_label
 from . import augment
 from .epochs import EpochTable, row_keys, row_rng
 from .sampling import clip_indices, eval_clip_starts, sample_train_indices
@@ -112,6 +113,8 @@ class ClipDecoder:
         self.t_p = self.dc.raw_clip_len // self.dc.primary_stride
         self.t_a = self.dc.raw_clip_len // self.dc.aux_stride
         self.warned: set[str] = set()
+        if clock is not None:  # the run records which nodes decoded
+            clock.placed.remote("decode", node_label())
 
     # -- one video --------------------------------------------------------------------------------------
     def _decode_train(

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..placement import start_on_driver_node
+
 KEY_STRIDE = 1 << 32
 """key = epoch * KEY_STRIDE + position in the epoch: unique per sample of a run."""
 
@@ -73,10 +75,20 @@ class EpochTable:
 
 
 class EpochClock:
-    """Ray actor body: the epoch the training dataset's next execution draws (0 until set)."""
+    """Ray actor body: the epoch the training dataset's next execution draws (0 until set); it also collects
+    which nodes decoded and trained (every decode actor and Train worker of the run holds it), for the run's
+    record."""
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.nodes: dict[str, list[str]] = {"train": [], "decode": []}
+
+    def placed(self, role: str, node: str) -> None:
+        if node not in self.nodes.setdefault(role, []):
+            self.nodes[role].append(node)
+
+    def placements(self) -> dict[str, list[str]]:
+        return self.nodes
 
     def set(self, epoch: int) -> int:
         self.epoch = int(epoch)
@@ -87,7 +99,5 @@ class EpochClock:
 
 
 def start_clock():
-    """A 0-CPU :class:`EpochClock` actor owned by the caller (the driver; it ends with it)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(EpochClock).remote()
+    """A 0-CPU :class:`EpochClock` actor on the caller's node, owned by it (the driver; it ends with it)."""
+    return start_on_driver_node(EpochClock)

@@ -210,8 +210,15 @@ def build_train_dataset(
         batch_size=cfg.data.decode_batch,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,
+        **decode_placement(cfg),
         batch_format="numpy",
     )
+
+
+def decode_placement(cfg: Config) -> dict[str, dict[str, float]]:
+    """Ray options placing the decode actors: only nodes that declare ``data.decode_resource`` host them (each
+    asks a small share, so CPUs, not the resource's count, bound how many fit on a node)."""
+    return {"resources": {cfg.data.decode_resource: 0.01}} if cfg.data.decode_resource else {}
 
 
 def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, world: int, with_aux: bool):
@@ -236,6 +243,7 @@ def build_val_dataset(cfg: Config, items: list[VideoItem], num_classes: int, wor
         batch_size=2,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_actors),
         num_cpus=cfg.data.cpus_per_decoder,
+        **decode_placement(cfg),
         batch_format="numpy",
     )
 

@@ -155,6 +155,17 @@ def start_run(
         return None
 
 
+def tag_run(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    """Set tags on an existing run (the driver's own facts, e.g. which nodes trained); warns, never raises."""
+    uri = tracking.resolve_tracking_uri(uri)
+    try:
+        client = tracking.mlflow_client(uri)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, tracking._stringify(v, tracking.MAX_TAG_VAL_LENGTH))
+    except Exception as e:  # noqa: BLE001 - tracking trouble never fails a finished run
+        tracking._warn(f"MLflow at {uri} unreachable, tags {sorted(tags)} not set: {e!r}")
+
+
 def _tag_filter(tags: dict) -> tuple[str, bool]:
     """MLflow's filter grammar has no escape: a value goes in '...' or "..."; one holding both
     quote kinds cannot be expressed and is checked client-side (returned flag)."""

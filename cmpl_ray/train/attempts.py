@@ -12,6 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..placement import start_on_driver_node
+
 
 class AttemptCounter:
     """One per driver (a 0-CPU actor it owns): ``start()`` returns (driver session id, 1-based attempt)."""
@@ -44,7 +46,5 @@ def restarts(session: str, attempt: int, extra: dict[str, Any] | None, from_run_
 
 
 def start_counter():
-    """A 0-CPU :class:`AttemptCounter` owned by the caller (the driver; it ends with it)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(AttemptCounter).remote()
+    """A 0-CPU :class:`AttemptCounter` on the caller's node, owned by it (the driver; it ends with it)."""
+    return start_on_driver_node(AttemptCounter)

@@ -342,6 +342,11 @@ def summary_lines(
             f"  decoders    decord read {m.get('files_read_by_decord', 0)} training videos, PyAV "
             f"{m['files_read_by_pyav']}"
         )
+    if m.get("train_nodes") or m.get("decode_nodes"):
+        lines.append(
+            f"  nodes       trained on {' '.join(m.get('train_nodes') or ['?'])}; decoded on "
+            f"{' '.join(m.get('decode_nodes') or ['?'])}"
+        )
     lines.append(f"  results     {out_dir}  (metrics.json, config.yaml, per_class.csv, plots)")
     lines.append(f"  checkpoint  {m.get('best_checkpoint')}")
     if ray_log:

@@ -36,11 +36,13 @@ VOLATILE_KEYS = frozenset(
     {
         "train.log_every",
         "train.cpus_per_worker",
+        "train.worker_resource",
         "train.threads_per_worker",
         "train.max_bad_steps",
         "train.aux_stream",
         "data.decode_actors",
         "data.cpus_per_decoder",
+        "data.decode_resource",
         "data.decode_timeout_s",
         "data.val_decode",
     }

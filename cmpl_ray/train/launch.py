@@ -28,6 +28,7 @@ from ..data.pipeline import (
     steps_per_epoch,
     val_decode_mode,
 )
+from ..placement import start_on_driver_node
 from ..tracking import runs as mlflow_run
 from ..tracking import tracker as tracking
 from . import attempts, console, identity, results
@@ -65,8 +66,9 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False, log_file: s
         kwargs["dashboard_host"] = "127.0.0.1"
     if not os.environ.get("RAY_ADDRESS") and num_cpus:
         kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
-    _STATE_API["served"] = None if os.environ.get("RAY_ADDRESS") else dashboard
+    context = ray.init(**kwargs)
+    # a cluster joined through RAY_ADDRESS serves the State API only if its head runs a dashboard
+    _STATE_API["served"] = bool(getattr(context, "dashboard_url", None))
     if console.quiet():
         from ray._private.ray_logging import global_worker_stdstream_dispatcher
 
@@ -148,10 +150,8 @@ def _say_done(
 def _start_board():
     """The 0-CPU :class:`~cmpl_ray.train.console.ProgressBoard` actor rank 0 pushes progress to (owned by this
     driver, it ends with it); None if it cannot start, and rank 0 then prints its lines itself."""
-    import ray
-
     try:
-        return ray.remote(num_cpus=0)(console.ProgressBoard).remote()
+        return start_on_driver_node(console.ProgressBoard)
     except Exception:  # noqa: BLE001 - progress display must never stop training
         return None
 
@@ -283,8 +283,11 @@ def _trainer(cfg: Config, plan: RunPlan, inputs, datasets: dict, callbacks: list
     from .runner import CHECKPOINT_SCORE
     from .worker import train_loop_per_worker
 
+    per_worker = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.worker_resource:  # only nodes that declare it (the trainer node type)
+        per_worker[cfg.train.worker_resource] = 1
     scaling = ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                            resources_per_worker={"CPU": cfg.train.cpus_per_worker})  # fmt: skip
+                            resources_per_worker=per_worker)  # fmt: skip
     # Ray keeps the best checkpoints by CHECKPOINT_SCORE: an evaluated epoch's val_top1
     keep = CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=CHECKPOINT_SCORE,
                             checkpoint_score_order="max")  # fmt: skip
@@ -297,8 +300,9 @@ def _trainer(cfg: Config, plan: RunPlan, inputs, datasets: dict, callbacks: list
     )  # fmt: skip
 
 
-def _fit(trainer, actors: dict):
-    """``trainer.fit()`` while the progress board is drained to the console; the driver's actors end after."""
+def _fit(trainer, actors: dict, placements: dict):
+    """``trainer.fit()`` while the progress board is drained to the console; the driver's actors end after,
+    once ``placements`` holds the nodes that trained and decoded (the clock actor collected them)."""
     import ray
 
     board, poller = actors["board"], None
@@ -309,14 +313,19 @@ def _fit(trainer, actors: dict):
     finally:
         if poller is not None:
             poller.stop()  # the last lines rank 0 pushed, before the summary
+        try:
+            placements.update(ray.get(actors["clock"].placements.remote(), timeout=30))
+        except Exception:  # noqa: BLE001 - a record of where it ran never fails a run
+            pass
         for actor in actors.values():
             if actor is not None:
                 ray.kill(actor)
 
 
-def _final_metrics(cfg: Config, plan: RunPlan, result, wall: float, run_id: str | None):
+def _final_metrics(cfg: Config, plan: RunPlan, result, wall: float, run_id: str | None, placements: dict):
     """metrics.json as rank 0 wrote it to the run's folder on storage (it may run on another node), plus the
-    driver's part: wall time, best (evaluated) and latest checkpoint, fingerprint, MLflow run; (metrics, best)."""
+    driver's part: wall time, best (evaluated) and latest checkpoint, fingerprint, MLflow run, the nodes that
+    trained and decoded in this session (also MLflow tags); (metrics, best)."""
     from .runner import CHECKPOINT_SCORE
 
     mpath = os.path.join(plan.out_dir, "metrics.json")
@@ -331,8 +340,12 @@ def _final_metrics(cfg: Config, plan: RunPlan, result, wall: float, run_id: str 
         latest_checkpoint=result.checkpoint.path if result.checkpoint else None,
         fingerprint=plan.fingerprint,
         mlflow_run_id=run_id,
+        train_nodes=placements.get("train", []),
+        decode_nodes=placements.get("decode", []),
     )
     tracking.write_metrics_json(mpath, metrics)
+    if run_id and placements:
+        mlflow_run.tag_run(plan.uri, run_id, {f"cmpl.{k}_nodes": " ".join(v) for k, v in placements.items()})
     return metrics, best
 
 
@@ -387,9 +400,10 @@ def run_training(
     actors["board"] = _start_board() if live and verbose else None
     inputs = _worker_inputs(cfg, plan, run_id, actors, resume_state, val_mode)
     t0 = time.perf_counter()
-    result = _fit(_trainer(cfg, plan, inputs, datasets, callbacks), actors)
+    placements: dict[str, list[str]] = {}
+    result = _fit(_trainer(cfg, plan, inputs, datasets, callbacks), actors, placements)
     wall = time.perf_counter() - t0
-    metrics, best = _final_metrics(cfg, plan, result, wall, run_id)
+    metrics, best = _final_metrics(cfg, plan, result, wall, run_id, placements)
     if run_id:  # best checkpoint folder + MLflow model "primary"; tracking trouble never fails a finished run
         from .mlflow_model import publish_best
 

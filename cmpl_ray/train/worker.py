@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..config import Config, from_dict, save_config
 from ..data.epochs import KEY_STRIDE
 from ..data.pipeline import ERR_CODES
+from ..placement import node_label
 from ..tracking.relay import RelayClient
 from ..tracking.tracker import Tracker, write_metrics_json
 from . import attempts, results
@@ -314,6 +315,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log_step = _step_logger(cfg, tracker, rank, start_epoch * steps, steps)
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = inputs.epoch_clock  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
+    if clock is not None:  # the run records which nodes trained
+        clock.placed.remote("train", node_label())
     stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
     val_batches = _val_source(cfg, inputs, num_classes, nets.aux is not None, rank, world)
     coll = dataclasses.replace(RAY_COLLECTIVES, world=world)

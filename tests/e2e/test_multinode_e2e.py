@@ -1,0 +1,185 @@
+"""Several Ray nodes on one machine, as Ray's own tests build them (``ray.cluster_utils.Cluster``: one raylet per
+node): a head with 0 CPUs as in ``cluster.yaml``, trainer nodes (the custom resource ``trainer`` stands in for a
+GPU) and a CPU-only decode node (``decode``). ``cmpl-ray train`` runs as a driver in a subprocess connected with
+``RAY_ADDRESS``, as ``ray job submit`` runs it; the run folder, checkpoints and MLflow store are on one disk that
+every node sees, as NFS would be.
+
+The cluster is this module's own: ``Cluster.shutdown`` stops the raylets it started, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from cmpl_ray.data.lists import read_list, split_labeled, write_list
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+STEPS = 30  # ~2 s epochs: the node is lost in epoch 3, well before the end
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The head (0 CPUs) and one decode node; each test adds and removes its trainer nodes."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = {"decode": c.add_node(num_cpus=1, resources={"decode": 1})}
+    c.wait_for_nodes()
+    yield c, nodes
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def whole(cluster, synth_root, tmp_path_factory):
+    """The uninterrupted run every lost-node run must equal: (metrics, console output, trainer node label)."""
+    c, nodes = cluster
+    trainer = c.add_node(num_cpus=1, resources={"trainer": 1})
+    c.wait_for_nodes()
+    tmp = tmp_path_factory.mktemp("whole")
+    p, log = _start(_args(synth_root, tmp, "whole"), c.address, tmp / "whole.log")
+    out = _finish(p, log, tmp / "whole.log")
+    c.remove_node(trainer)
+    return _metrics(tmp, "whole"), out, _label(trainer), (tmp / "out-whole" / "ray.log").read_text()
+
+
+def _label(node) -> str:
+    return f"{node.node_ip_address}/{node.node_id[:8]}"
+
+
+def _args(root: str, tmp, name: str) -> list[str]:
+    lab, unl = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=2, seed=0)
+    write_list(str(tmp / "lab.txt"), lab)
+    write_list(str(tmp / "unl.txt"), unl)
+    sets = {
+        "data.root": root,
+        "data.labeled_list": tmp / "lab.txt",
+        "data.unlabeled_list": tmp / "unl.txt",
+        "data.val_list": f"{root}/val.txt",
+        "data.classes_file": f"{root}/classes.txt",
+        "data.crop_size": 32,
+        "data.train_short_side": "[32,40]",
+        "data.test_short_side": 32,
+        "data.eval_clips": 1,
+        "data.decode_resource": "decode",
+        "train.worker_resource": "trainer",
+        "train.batch_labeled": 2,
+        "algo.name": "fixmatch",
+        "algo.unlabeled_ratio": 2,
+        "train.epochs": EPOCHS,
+        "train.steps_per_epoch": STEPS,
+        "train.eval_every": 1,
+        "train.log_every": 1,
+        "optim.warmup_epochs": 0,
+        "run.output_dir": f"{tmp}/out-{name}",
+        "run.storage_path": f"{tmp}/shared",
+        "run.name": name,
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+    }
+    return [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo"] + [
+        a for k, v in sets.items() for a in ("--set", f"{k}={v}")
+    ]
+
+
+def _start(cmd, address: str, log_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_ADDRESS=address, PYTHONUNBUFFERED="1")
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller's wait
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def _finish(p, log, log_path, timeout=900) -> str:
+    try:
+        p.wait(timeout=timeout)
+    finally:
+        log.close()
+    out = open(log_path).read()
+    assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def _metrics(tmp, name: str) -> dict:
+    return json.loads((tmp / f"out-{name}" / "metrics.json").read_text())
+
+
+def _curve(m: dict) -> list[tuple]:
+    return [(h["epoch"], h["global_step"], h["train_loss"], h.get("val_top1")) for h in m["history"]]
+
+
+def _checkpointed(tmp, name: str, epoch: int) -> bool:
+    """Ray Train has registered the checkpoint of ``epoch`` (its snapshot on storage lists it)."""
+    snap = tmp / "shared" / name / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snap.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r["metrics"].get("epoch") == epoch for r in results)
+
+
+def test_uninterrupted_run_trains_and_decodes_where_it_is_told(cluster, whole):
+    _, nodes = cluster
+    m, out, trainer, ray_log = whole
+    assert m["restarts"] == 0 and m["epochs"] == EPOCHS
+    # the worker could only go to the trainer node, the decode actor only to the decode node
+    assert m["train_nodes"] == [trainer] and m["decode_nodes"] == [_label(nodes["decode"])]
+    assert f"trained on {trainer}; decoded on {_label(nodes['decode'])}" in out
+    # a head without a dashboard serves no State API: Ray Train's cleaner that polls it is dropped, not looping
+    assert "Failed to query" not in ray_log
+
+
+def _run_losing(c, synth_root, tmp, name: str, lose, replacement_resources: dict) -> tuple[dict, str, object]:
+    """Start run ``name``; once epoch 2's checkpoint is on shared storage, add a replacement node (as the
+    autoscaler would) and kill ``lose`` (raylet and processes, as a spot node goes). (metrics, output, new node)."""
+    p, log = _start(_args(synth_root, tmp, name), c.address, tmp / f"{name}.log")
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None and not _checkpointed(tmp, name, 2):
+        time.sleep(0.2)
+    assert p.poll() is None, open(tmp / f"{name}.log").read()[-3000:]
+    new = c.add_node(num_cpus=1, resources=replacement_resources)
+    c.remove_node(lose, allow_graceful=False)
+    out = _finish(p, log, tmp / f"{name}.log")
+    m = _metrics(tmp, name)
+    assert _checkpointed(tmp, name, EPOCHS) and m["epochs"] == EPOCHS, "the node was lost after the run ended"
+    return m, out, new
+
+
+def _assert_same_run(m: dict, whole: dict, tmp) -> None:
+    assert _curve(m) == _curve(whole)  # exactly: rows are keyed by seed, weights restored bit for bit
+    assert m["val_top1"] == whole["val_top1"]
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    steps = [x.step for x in client.get_metric_history(m["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, STEPS * EPOCHS + 1))  # relayed from every node, none lost or twice
+
+
+def test_trainer_node_lost_resumes_on_another_with_the_same_result(cluster, whole, synth_root, tmp_path):
+    c, nodes = cluster
+    first = c.add_node(num_cpus=1, resources={"trainer": 1})
+    c.wait_for_nodes()
+    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-trainer", first, {"trainer": 1})
+    assert m["restarts"] == 1, out[-3000:]
+    assert "[cmpl-ray] resumed at epoch" in out and f"restarts {m['restarts']}" in out
+    assert m["train_nodes"] == [_label(first), _label(second)] and m["decode_nodes"] == [_label(nodes["decode"])]
+    _assert_same_run(m, whole[0], tmp_path)
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(m["mlflow_run_id"])
+    assert run.data.tags["cmpl.train_nodes"] == f"{_label(first)} {_label(second)}"
+    c.remove_node(second)
+
+
+def test_decode_node_lost_decoding_moves_with_the_same_result(cluster, whole, synth_root, tmp_path):
+    c, nodes = cluster
+    trainer = c.add_node(num_cpus=1, resources={"trainer": 1})
+    c.wait_for_nodes()
+    lost = nodes["decode"]
+    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-decode", lost, {"decode": 1})
+    nodes["decode"] = second
+    assert m["decode_nodes"] == [_label(lost), _label(second)] and m["train_nodes"] == [_label(trainer)]
+    _assert_same_run(m, whole[0], tmp_path)
+    assert m["restarts"] == 0, out[-3000:]
