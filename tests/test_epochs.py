@@ -181,3 +181,25 @@ def test_two_ranks_get_the_same_rows_every_time_an_epoch_runs(synth_root, local_
     assert first == second and len(first[0]) == len(first[1]) == 2
     assert sorted(k for r in first.values() for b in r for k in b) == list(KEY_STRIDE + np.arange(8))
     ray.kill(clock)
+
+
+def test_row_ledgers_of_two_ranks_combine_hand_computed():
+    from cmpl_ray.data.epochs import RowLedger, split_check
+
+    # epochs 1 and 2 of a run resumed at epoch 1, 4 rows per epoch: 8 rows in all
+    a, b = RowLedger(1, 3, 4), RowLedger(1, 3, 4)
+    a.add(row_keys(1, np.array([0, 1])))
+    b.add(row_keys(1, np.array([2, 3])))
+    a.add(row_keys(2, np.array([0, 1])))
+    b.add(row_keys(2, np.array([2, 3])))
+    assert split_check([a.packed(), b.packed()]) == {"rows": 8, "trained": 8, "twice": 0, "missing": 0, "outside": 0}
+    # rank b trains row 1 of epoch 2 too (a second rank), row 3 again (itself) and a row of epoch 0 (no epoch of
+    # this session); row 2 of a third epoch-2 ledger is never trained
+    b.add(np.concatenate([row_keys(2, np.array([1, 3])), row_keys(0, np.array([0]))]))
+    got = split_check([a.packed(), b.packed()])
+    assert got == {"rows": 8, "trained": 10, "twice": 2, "missing": 0, "outside": 1}
+    c = RowLedger(1, 3, 4)
+    c.add(row_keys(1, np.arange(4)))
+    c.add(row_keys(2, np.array([0, 1, 3])))
+    assert split_check([c.packed()]) == {"rows": 8, "trained": 7, "twice": 0, "missing": 1, "outside": 0}
+    assert split_check([]) == {"rows": 0, "trained": 0, "twice": 0, "missing": 0, "outside": 0}

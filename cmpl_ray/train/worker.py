@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, from_dict, save_config
-from ..data.epochs import KEY_STRIDE
+from ..data.epochs import KEY_STRIDE, RowLedger, split_check
 from ..data.pipeline import ERR_CODES
 from ..placement import node_label
 from ..tracking.relay import RelayClient
@@ -95,7 +95,9 @@ def _flatten_unlabeled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return batch
 
 
-def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None, rank: int = 0):
+def _run_batches(
+    shard, batch_size: int, start_epoch: int, steps: int, world: int, clock: Any = None, rank: int = 0, ledger=None
+):
     """The whole run's batches from ONE iteration of the shard: the training loop takes ``steps`` of them per
     epoch (``itertools.islice``), so the decode actor pool and its prefetch carry over epoch boundaries
     instead of restarting every epoch (the first batches of an epoch would wait for a new pool).
@@ -116,6 +118,8 @@ def _run_batches(shard, batch_size: int, start_epoch: int, steps: int, world: in
                     f"step {i} of a stream that starts at epoch {start_epoch} got rows of epoch "
                     f"{int(got.min())}: the epoch clock was not set before the dataset ran"
                 )
+            if ledger is not None:  # which rows this rank trained, checked over all ranks at the end
+                ledger.add(batch["key"].numpy())
         yield _flatten_unlabeled(batch)
 
 
@@ -317,7 +321,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     clock = inputs.epoch_clock  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
     if clock is not None:  # the run records which nodes trained
         clock.placed.remote("train", node_label())
-    stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank)
+    ledger = RowLedger(start_epoch, cfg.train.epochs, steps * cfg.train.batch_labeled * world)
+    stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank, ledger)
     val_batches = _val_source(cfg, inputs, num_classes, nets.aux is not None, rank, world)
     coll = dataclasses.replace(RAY_COLLECTIVES, world=world)
     out = None
@@ -339,10 +344,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # resumed after the last epoch's checkpoint (e.g. an interrupted sweep re-entering a finished trial):
         # report the final metrics again so Tune records the trial as complete, not stopped at its last report
         ray.train.report(dict(counters.history[-1]))
+    split = split_check(coll.gather(ledger.packed()))  # every rank: a collective
+    if rank == 0 and (split["twice"] or split["missing"] or split["outside"]):
+        say(f"[cmpl-ray] WARNING the data split over {world} rank(s) was wrong: {split}")
     if rank == 0:
         totals = dict(
             skipped_samples=counters.skipped_total, looped_samples=counters.looped_total, restarts=restarts,
-            good_samples=counters.good_total, bad_files=counters.bad_files, world_size=world,
+            good_samples=counters.good_total, bad_files=counters.bad_files, world_size=world, data_split=split,
         )  # fmt: skip
         counts, pseudo = (out.counts, out.pseudo) if out is not None else (None, None)
         _write_results(cfg, inputs, counters.history, totals, counts, pseudo, nets.aux is not None, tracker)

@@ -55,7 +55,7 @@ def _label(node) -> str:
     return f"{node.node_ip_address}/{node.node_id[:8]}"
 
 
-def _args(root: str, tmp, name: str) -> list[str]:
+def _args(root: str, tmp, name: str, **over) -> list[str]:
     lab, unl = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=2, seed=0)
     write_list(str(tmp / "lab.txt"), lab)
     write_list(str(tmp / "unl.txt"), unl)
@@ -83,6 +83,7 @@ def _args(root: str, tmp, name: str) -> list[str]:
         "run.storage_path": f"{tmp}/shared",
         "run.name": name,
         "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+        **over,
     }
     return [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo"] + [
         a for k, v in sets.items() for a in ("--set", f"{k}={v}")
@@ -135,12 +136,12 @@ def test_uninterrupted_run_trains_and_decodes_where_it_is_told(cluster, whole):
     assert "Failed to query" not in ray_log
 
 
-def _run_losing(c, synth_root, tmp, name: str, lose, replacement_resources: dict) -> tuple[dict, str, object]:
-    """Start run ``name``; once epoch 2's checkpoint is on shared storage, add a replacement node (as the
-    autoscaler would) and kill ``lose`` (raylet and processes, as a spot node goes). (metrics, output, new node)."""
+def _run_losing(c, synth_root, tmp, name: str, lose, replacement_resources: dict, when) -> tuple[dict, str, object]:
+    """Start run ``name``; once ``when(log text)`` holds, add a replacement node (as the autoscaler would) and kill
+    ``lose`` (raylet and processes, as a spot node goes). (metrics, output, new node)."""
     p, log = _start(_args(synth_root, tmp, name), c.address, tmp / f"{name}.log")
     deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None and not _checkpointed(tmp, name, 2):
+    while time.time() < deadline and p.poll() is None and not when(open(tmp / f"{name}.log").read()):
         time.sleep(0.2)
     assert p.poll() is None, open(tmp / f"{name}.log").read()[-3000:]
     new = c.add_node(num_cpus=1, resources=replacement_resources)
@@ -159,11 +160,30 @@ def _assert_same_run(m: dict, whole: dict, tmp) -> None:
     assert sorted(steps) == list(range(1, STEPS * EPOCHS + 1))  # relayed from every node, none lost or twice
 
 
+def test_two_workers_on_two_trainer_nodes_split_the_data(cluster, synth_root, tmp_path):
+    """DDP over gloo between two raylets: each rank on its own trainer node; every row of every epoch trained
+    by exactly one rank, once (the ranks' row ledgers, combined at the end of the run)."""
+    c, nodes = cluster
+    pair = [c.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
+    c.wait_for_nodes()
+    args = _args(synth_root, tmp_path, "ddp", **{"train.num_workers": 2, "train.epochs": 2, "train.steps_per_epoch": 4})
+    p, log = _start(args, c.address, tmp_path / "ddp.log")
+    out = _finish(p, log, tmp_path / "ddp.log")
+    m = _metrics(tmp_path, "ddp")
+    assert m["restarts"] == 0 and m["world_size"] == 2 and m["epochs"] == 2, out[-3000:]
+    assert sorted(m["train_nodes"]) == sorted(_label(n) for n in pair)
+    rows = 2 * 4 * 2 * 2  # epochs x steps x ranks x labeled rows per step
+    assert m["data_split"] == {"rows": rows, "trained": rows, "twice": 0, "missing": 0, "outside": 0}
+    for n in pair:
+        c.remove_node(n)
+
+
 def test_trainer_node_lost_resumes_on_another_with_the_same_result(cluster, whole, synth_root, tmp_path):
     c, nodes = cluster
     first = c.add_node(num_cpus=1, resources={"trainer": 1})
     c.wait_for_nodes()
-    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-trainer", first, {"trainer": 1})
+    after_epoch_2 = lambda _: _checkpointed(tmp_path, "lost-trainer", 2)  # noqa: E731 - on shared storage
+    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-trainer", first, {"trainer": 1}, after_epoch_2)
     assert m["restarts"] == 1, out[-3000:]
     assert "[cmpl-ray] resumed at epoch" in out and f"restarts {m['restarts']}" in out
     assert m["train_nodes"] == [_label(first), _label(second)] and m["decode_nodes"] == [_label(nodes["decode"])]
@@ -178,7 +198,9 @@ def test_decode_node_lost_decoding_moves_with_the_same_result(cluster, whole, sy
     trainer = c.add_node(num_cpus=1, resources={"trainer": 1})
     c.wait_for_nodes()
     lost = nodes["decode"]
-    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-decode", lost, {"decode": 1})
+    # early in epoch 1: the decode actor runs ahead of training and may have decoded the whole (small) run later
+    first_step = lambda text: f"step 1/{STEPS * EPOCHS} " in text  # noqa: E731
+    m, out, second = _run_losing(c, synth_root, tmp_path, "lost-decode", lost, {"decode": 1}, first_step)
     nodes["decode"] = second
     assert m["decode_nodes"] == [_label(lost), _label(second)] and m["train_nodes"] == [_label(trainer)]
     _assert_same_run(m, whole[0], tmp_path)

@@ -84,6 +84,8 @@ def test_two_worker_run_writes_metrics_and_mlflow(trained):
         assert key in on_disk, key
     assert on_disk["epochs"] == 2 and on_disk["world_size"] == 2 and on_disk["skipped_samples"] == 0
     assert on_disk["restarts"] == 0
+    split = on_disk["data_split"]  # every row of both epochs trained by exactly one of the two ranks, once
+    assert split["twice"] == split["missing"] == split["outside"] == 0 and split["trained"] == split["rows"] > 0
     assert 0.0 <= on_disk["val_top1"] <= 100.0 and on_disk["val_videos"] == 8  # 4 classes x 2 val videos
     assert [h["epoch"] for h in on_disk["history"]] == [1.0, 2.0]
     client = MlflowClient(cfg.tracking.uri)
