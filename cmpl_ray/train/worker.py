@@ -319,8 +319,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log_step = _step_logger(cfg, tracker, rank, start_epoch * steps, steps)
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = inputs.epoch_clock  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
-    if clock is not None:  # the run records which nodes trained
-        clock.placed.remote("train", node_label())
+    here = node_label()
+    if clock is not None:  # the run records which nodes trained (the driver tags them all at the end)
+        clock.placed.remote("train", here)
+    nodes = RAY_COLLECTIVES.gather(here)
+    if tracker is not None:  # and now, for a run that never ends (an ASHA-stopped trial, a lost driver)
+        tracker.set_tags({"cmpl.train_nodes": " ".join(dict.fromkeys(nodes))})
     ledger = RowLedger(start_epoch, cfg.train.epochs, steps * cfg.train.batch_labeled * world)
     stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank, ledger)
     val_batches = _val_source(cfg, inputs, num_classes, nets.aux is not None, rank, world)

@@ -55,11 +55,12 @@ def _label(node) -> str:
     return f"{node.node_ip_address}/{node.node_id[:8]}"
 
 
-def _args(root: str, tmp, name: str, **over) -> list[str]:
+def _data_sets(root: str, tmp) -> dict:
+    """The data, placement and tracking keys every run and trial here shares."""
     lab, unl = split_labeled(read_list(os.path.join(root, "train.txt")), per_class=2, seed=0)
     write_list(str(tmp / "lab.txt"), lab)
     write_list(str(tmp / "unl.txt"), unl)
-    sets = {
+    return {
         "data.root": root,
         "data.labeled_list": tmp / "lab.txt",
         "data.unlabeled_list": tmp / "unl.txt",
@@ -72,22 +73,30 @@ def _args(root: str, tmp, name: str, **over) -> list[str]:
         "data.decode_resource": "decode",
         "train.worker_resource": "trainer",
         "train.batch_labeled": 2,
+        "optim.warmup_epochs": 0,
+        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+    }
+
+
+def _flags(sets: dict) -> list[str]:
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+def _args(root: str, tmp, name: str, **over) -> list[str]:
+    sets = {
+        **_data_sets(root, tmp),
         "algo.name": "fixmatch",
         "algo.unlabeled_ratio": 2,
         "train.epochs": EPOCHS,
         "train.steps_per_epoch": STEPS,
         "train.eval_every": 1,
         "train.log_every": 1,
-        "optim.warmup_epochs": 0,
         "run.output_dir": f"{tmp}/out-{name}",
         "run.storage_path": f"{tmp}/shared",
         "run.name": name,
-        "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
         **over,
     }
-    return [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo"] + [
-        a for k, v in sets.items() for a in ("--set", f"{k}={v}")
-    ]
+    return [sys.executable, "-m", "cmpl_ray", "train", "--preset", "demo", *_flags(sets)]
 
 
 def _start(cmd, address: str, log_path):
@@ -205,3 +214,53 @@ def test_decode_node_lost_decoding_moves_with_the_same_result(cluster, whole, sy
     assert m["decode_nodes"] == [_label(lost), _label(second)] and m["train_nodes"] == [_label(trainer)]
     _assert_same_run(m, whole[0], tmp_path)
     assert m["restarts"] == 0, out[-3000:]
+
+
+SWEEP = """description: lr sweep over two trainer nodes, ranked on train_lr so ASHA's choice is known in advance
+preset: demo
+scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+metric: train_lr
+mode: min
+fixed:
+  train.epochs: 6
+  train.steps_per_epoch: 2
+  train.eval_every: 1
+space:
+  optim.lr: {grid: [0.05, 0.2, 0.4]}
+"""
+
+
+def test_sweep_spreads_trials_over_two_trainer_nodes(synth_root, tmp_path):
+    """A head with a dashboard (Tune's stopped trials need the State API to free their placement groups), two
+    trainer nodes and a decode node: concurrent trials on both trainer nodes, the stopped ones ended, and
+    ``cmpl-ray report`` reads the sweep back."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    try:
+        # 2 CPUs: the worker's 1, and room for Tune's trial actors (0.01 CPU each; the head has none)
+        trainers = [c.add_node(num_cpus=2, resources={"trainer": 1}) for _ in range(2)]
+        c.add_node(num_cpus=1, resources={"decode": 1})
+        c.wait_for_nodes()
+        (tmp_path / "lr.yaml").write_text(SWEEP)
+        cmd = [sys.executable, "-m", "cmpl_ray", "tune", str(tmp_path / "lr.yaml"), "--name", "lr", "--storage",
+               str(tmp_path / "tune"), "--max-concurrent", "2", *_flags(_data_sets(synth_root, tmp_path))]  # fmt: skip
+        p, log = _start(cmd, c.address, tmp_path / "sweep.log")
+        out = _finish(p, log, tmp_path / "sweep.log", timeout=1200)
+    finally:
+        c.shutdown()
+    assert "3 trials" in out and "stopped early by asha" in out, out[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`cmpl.sweep` = 'lr'")
+    kids = [k for k in runs if "mlflow.parentRunId" in k.data.tags]
+    assert len(kids) == 3
+    used = {n for k in kids for n in k.data.tags["cmpl.train_nodes"].split()}
+    assert used == {_label(t) for t in trainers}  # the trials ran on both trainer nodes, nowhere else
+    status = {float(k.data.params["optim.lr"]): (k.data.tags["cmpl.tune.status"], k.info.status) for k in kids}
+    assert status[0.05] == ("completed", "FINISHED") and status[0.4] == ("early_stopped", "KILLED")
+    rep = subprocess.run(
+        [sys.executable, "-m", "cmpl_ray", "report", "lr", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    assert len([ln for ln in rep.stdout.splitlines() if ln.startswith("| 0.")]) == 3
