@@ -47,8 +47,11 @@ def whole(cluster, synth_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("whole")
     p, log = _start(_args(synth_root, tmp, "whole"), c.address, tmp / "whole.log")
     out = _finish(p, log, tmp / "whole.log")
+    metrics, ray_log = _metrics(tmp, "whole"), (tmp / "out-whole" / "ray.log").read_text()
+    p, log = _start(_args(synth_root, tmp, "whole"), c.address, tmp / "again.log")  # the same command again
+    again = _finish(p, log, tmp / "again.log")
     c.remove_node(trainer)
-    return _metrics(tmp, "whole"), out, _label(trainer), (tmp / "out-whole" / "ray.log").read_text()
+    return metrics, out, _label(trainer), ray_log, again
 
 
 def _label(node) -> str:
@@ -136,13 +139,16 @@ def _checkpointed(tmp, name: str, epoch: int) -> bool:
 
 def test_uninterrupted_run_trains_and_decodes_where_it_is_told(cluster, whole):
     _, nodes = cluster
-    m, out, trainer, ray_log = whole
+    m, out, trainer, ray_log, again = whole
     assert m["restarts"] == 0 and m["epochs"] == EPOCHS
     # the worker could only go to the trainer node, the decode actor only to the decode node
     assert m["train_nodes"] == [trainer] and m["decode_nodes"] == [_label(nodes["decode"])]
     assert f"trained on {trainer}; decoded on {_label(nodes['decode'])}" in out
     # a head without a dashboard serves no State API: Ray Train's cleaner that polls it is dropped, not looping
     assert "Failed to query" not in ray_log
+    # the same command again: the stored result from the run's record on shared storage, nothing trained
+    assert "already completed with this exact config" in again and "epoch 1/" not in again
+    assert f"val top1 {m['val_top1']:.2f}%" in again
 
 
 def _run_losing(c, synth_root, tmp, name: str, lose, replacement_resources: dict, when) -> tuple[dict, str, object]:
