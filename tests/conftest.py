@@ -8,18 +8,65 @@ read 48-pixel-wide videos (see ``cmpl_ray.data.synth.DECORD_BAD_WIDTHS``).
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
 REAL_TIME_POLICIES = {getattr(os, n) for n in ("SCHED_FIFO", "SCHED_RR") if hasattr(os, n)}
 
 
+def _demote_real_time_threads() -> int:
+    """Put every real-time thread of this process and its descendants (Ray, DDP ranks, CLI subprocesses) back
+    under the normal policy; how many there were."""
+    import psutil
+
+    n = 0
+    for pid in [os.getpid()] + [c.pid for c in psutil.Process().children(recursive=True)]:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                if os.sched_getscheduler(tid) in REAL_TIME_POLICIES:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                    n += 1
+            except OSError:  # the thread ended meanwhile
+                continue
+    return n
+
+
+class _NormalScheduling(threading.Thread):
+    """Seen on shared 2-core machines, CI's included: something outside the project switches a running test
+    process to SCHED_FIFO 99 (its later children inherit it). Under a real-time policy, threads that spin-wait
+    (OpenMP, gloo) starve the thread they wait for, and a two-process test never ends: CI once ran past its
+    limit that way. This thread undoes it every second and the summary says how often it had to."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="normal-scheduling")
+        self.demoted = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            self.demoted += _demote_real_time_threads()
+
+
+_GUARD = _NormalScheduling()
+
+
 def pytest_configure(config):
-    """Leave a real-time scheduling policy inherited from the caller (seen on shared 2-core machines): under it,
-    threads that spin-wait (OpenMP, gloo's rendezvous) starve the thread they wait for and a two-process test never
-    ends.  Processes started later (Ray, DDP ranks) inherit the normal policy."""
-    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) in REAL_TIME_POLICIES:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    if hasattr(os, "sched_getscheduler") and os.path.isdir("/proc/self/task"):
+        _GUARD.demoted += _demote_real_time_threads()
+        _GUARD.start()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _GUARD.demoted:
+        terminalreporter.write_line(
+            f"scheduling: {_GUARD.demoted} thread(s) of the test processes were found under a real-time policy "
+            "and put back under the normal one (tests/conftest.py: _NormalScheduling)"
+        )
 
 
 SYNTH_SMALL = dict(num_classes=4, per_class=6, seed=0, num_frames=32, size=40, fps=12, val_per_class=2)
