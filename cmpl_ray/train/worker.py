@@ -286,6 +286,17 @@ def _report(cfg: Config, rank: int, epoch: int, nets: Nets, out: EpochOutcome, e
 RAY_COLLECTIVES = Collectives(reduce_counts=_all_reduce_counts, gather=_gather, sync_eval_weights=_broadcast_from_rank0)
 
 
+def _record_train_nodes(clock: Any, tracker: Tracker | None) -> None:
+    """Which nodes this worker group trains on: to the clock actor (the driver tags every attempt's nodes at the
+    end) and, by rank 0, as an MLflow tag now, for a run that never reaches its end (an ASHA-stopped trial)."""
+    here = node_label()
+    if clock is not None:
+        clock.placed.remote("train", here)
+    nodes = _gather(here)  # every rank: a collective
+    if tracker is not None:
+        tracker.set_tags({"cmpl.train_nodes": " ".join(dict.fromkeys(nodes))})
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config["inputs"]``: the driver's :class:`~.inputs.WorkerInputs`.
 
@@ -319,12 +330,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log_step = _step_logger(cfg, tracker, rank, start_epoch * steps, steps)
     shard = ray.train.get_dataset_shard("train")  # epochs x steps x B_l rows per rank, read once
     clock = inputs.epoch_clock  # the epoch the decoders' stream starts at (cmpl_ray.data.epochs)
-    here = node_label()
-    if clock is not None:  # the run records which nodes trained (the driver tags them all at the end)
-        clock.placed.remote("train", here)
-    nodes = RAY_COLLECTIVES.gather(here)
-    if tracker is not None:  # and now, for a run that never ends (an ASHA-stopped trial, a lost driver)
-        tracker.set_tags({"cmpl.train_nodes": " ".join(dict.fromkeys(nodes))})
+    _record_train_nodes(clock, tracker)
     ledger = RowLedger(start_epoch, cfg.train.epochs, steps * cfg.train.batch_labeled * world)
     stream = _run_batches(shard, cfg.train.batch_labeled, start_epoch, steps, world, clock, rank, ledger)
     val_batches = _val_source(cfg, inputs, num_classes, nets.aux is not None, rank, world)

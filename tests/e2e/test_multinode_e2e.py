@@ -260,6 +260,7 @@ def test_sweep_spreads_trials_over_two_trainer_nodes(synth_root, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`cmpl.sweep` = 'lr'")
     kids = [k for k in runs if "mlflow.parentRunId" in k.data.tags]
     assert len(kids) == 3
+    assert all(k.data.metrics["restarts"] == 0 for k in kids)  # no fault injected: a restart would be no pass
     used = {n for k in kids for n in k.data.tags["cmpl.train_nodes"].split()}
     assert used == {_label(t) for t in trainers}  # the trials ran on both trainer nodes, nowhere else
     status = {float(k.data.params["optim.lr"]): (k.data.tags["cmpl.tune.status"], k.info.status) for k in kids}
