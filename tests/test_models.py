@@ -92,10 +92,10 @@ def test_tiny_forward_backward():
 
 
 def test_models_registry_and_factories():
-    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny", "plain4", "naive"}
+    assert set(MODELS) == {"r10", "r18", "r34", "r50", "tiny", "plain4", "naive", "naive_t"}
     for name, factory in MODELS.items():
         model = factory(3, width=0.125, dropout=0.0)
-        assert isinstance(model, Plain3D if name in ("plain4", "naive") else ResNet3D)
+        assert isinstance(model, Plain3D if name in ("plain4", "naive", "naive_t") else ResNet3D)
         assert model.fc.out_features == 3
 
 
@@ -109,6 +109,17 @@ def test_plain4_mixes_time_in_every_layer_and_trains():
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
     loss.backward()
     assert convs[0].weight.grad.abs().sum() > 0
+
+
+def test_naive_t_pools_time_after_block_two_only():
+    """Same convs as ``naive``; the first pool keeps T, the next three halve it (16 frames -> 2)."""
+    model = build_model("naive_t", NUM_CLASSES, width=1.0, dropout=0.2)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool3d)]
+    assert [p.kernel_size for p in pools] == [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
+    x = torch.randn(2, 3, 16, 32, 32)
+    assert model.feature_map(x).shape == (2, 128, 2, 2, 2)
+    aux = build_model("naive_t", NUM_CLASSES, width=0.25)
+    assert [m.out_channels for m in aux.modules() if isinstance(m, torch.nn.Conv3d)] == [4, 8, 16, 32]
 
 
 def test_naive_floor_is_the_issues_network():

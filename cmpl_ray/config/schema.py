@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-ARCHS = ("tiny", "plain4", "naive", "r10", "r18", "r34", "r50")
+ARCHS = ("tiny", "plain4", "naive", "naive_t", "r10", "r18", "r34", "r50")
 ALGOS = ("supervised", "fixmatch", "cmpl")
 SCHEMES = ("cross", "self_first", "opposite_first", "maximum", "average")
 BN_MODES = ("clean", "split", "concat", "separate")
@@ -71,7 +71,8 @@ class ModelConfig:
     primary_arch: str = "r50"
     """Primary backbone F: one of tiny, r10, r18, r34, r50 (3D-ResNet of the paper's Table A4), plain4 (a
     4-layer 3x3x3 CNN, the architecture baseline of docs/recipe-study.md) or naive (4 x 3x3x3 conv + 1x2x2
-    max-pool, the few-label floor of docs/fewlabel-floor.md)."""
+    max-pool, the few-label floor of docs/fewlabel-floor.md) or naive_t (naive with 2x2x2 pools after blocks
+    2-4: 1.4x cheaper)."""
     primary_width: float = 1.0
     """Channel width multiplier of the primary (1.0 = standard)."""
     aux_arch: str = "r50"
@@ -92,7 +93,7 @@ class ModelConfig:
             f"must be one of {ARCHS + ('same',)}, got {self.aux_arch!r}",
         )
         for key in ("primary_width", "aux_width"):
-            base = 16 if getattr(self, key.replace("width", "arch")) in ("tiny", "plain4", "naive") else 64
+            base = 16 if getattr(self, key.replace("width", "arch")) in ("tiny", "plain4", "naive", "naive_t") else 64
             _check(
                 _channels_ok(getattr(self, key), base),
                 f"model.{key}",
