@@ -300,8 +300,8 @@ def naive_t(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> Plain
     """``naive`` with 2x2x2 max-pools after blocks 2-4 (16 input frames reach the head as 2).
 
     Why: ``naive`` keeps all 16 frames through every block, and its training step costs 1.4x this one on
-    2 CPU threads (191 against 133 ms at 8 x 16 x 56 x 56, scripts/bench in docs/fewlabel-floor.md). The first
-    two blocks still see every frame, so blinking and speed cues are resolved before time is pooled."""
+    2 CPU threads (191 against 133 ms at 8 x 16 x 56 x 56, ``scripts/model_stats.py --step-batch 8``). The
+    first two blocks still see every frame, so blinking and speed cues are resolved before time is pooled."""
     return Plain3D(num_classes, width, dropout, t_strides=(1, 2, 2, 2), pool=True)
 
 

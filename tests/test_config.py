@@ -48,6 +48,23 @@ def test_presets_load_and_carry_the_paper_recipe():
     assert load_config("ucf101-1pct-r18").model.primary_arch == "r18"
 
 
+FEWLABEL_STUDY_SETS = [  # the overrides of docs/fewlabel-floor.md's measured runs (tag naive-t-1350)
+    "model.primary_arch=naive_t",
+    "model.aux_arch=naive_t",
+    "model.aux_width=0.25",
+    "train.min_steps=1350",
+]
+
+
+def test_suite_fewlabel_preset_is_the_measured_configuration():
+    """The shipped few-label preset is exactly what the study measured: suite-cpu plus the study's overrides
+    (only the run's name and folder differ), so its published numbers belong to it."""
+    shipped = load_config("suite-fewlabel-cpu").flat()
+    measured = load_config("suite-cpu", overrides=FEWLABEL_STUDY_SETS).flat()
+    differ = {k for k in shipped if shipped[k] != measured[k]}
+    assert differ == {"run.name", "run.output_dir"}
+
+
 def test_round_trip(tmp_path):
     cfg = load_config("demo", overrides=["algo.threshold=0.8", "data.train_short_side=[60, 70]"])
     save_config(cfg, tmp_path / "c.yaml")
