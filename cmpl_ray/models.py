@@ -224,6 +224,18 @@ def tiny(num_classes: int, width: float = 1.0, dropout: float = 0.5) -> ResNet3D
     return ResNet3D(BasicBlock, (1, 1, 1, 1), num_classes, width, dropout, base_channels=16, stem_kernel=(3, 5, 5))
 
 
+class _FramePool(nn.MaxPool3d):
+    """Max-pool whose temporal kernel shrinks to the frames left, so a short clip (4 frames through three 2x2x2
+    pools) ends at one frame instead of raising; at the frame counts the presets use it is a plain MaxPool3d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = tuple(self.kernel_size) if isinstance(self.kernel_size, tuple) else (self.kernel_size,) * 3
+        if x.shape[2] >= k[0]:
+            return super().forward(x)
+        short = (x.shape[2], *k[1:])
+        return nn.functional.max_pool3d(x, short, short)
+
+
 class Plain3D(nn.Module):
     """A plain stack of 3x3x3 conv-BN-ReLU layers (C3D style), the architecture baseline for ``tiny``.
 
@@ -251,7 +263,7 @@ class Plain3D(nn.Module):
         for c, st in zip(channels, t_strides):
             cout = _scale(c, width)
             if pool:
-                layers += [*_conv_bn(cin, cout, (3, 3, 3)), nn.ReLU(inplace=True), nn.MaxPool3d((st, 2, 2))]
+                layers += [*_conv_bn(cin, cout, (3, 3, 3)), nn.ReLU(inplace=True), _FramePool((st, 2, 2))]
             else:
                 layers += [*_conv_bn(cin, cout, (3, 3, 3), (st, 2, 2)), nn.ReLU(inplace=True)]
             cin = cout

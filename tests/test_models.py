@@ -118,6 +118,7 @@ def test_naive_t_pools_time_after_block_two_only():
     assert [p.kernel_size for p in pools] == [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
     x = torch.randn(2, 3, 16, 32, 32)
     assert model.feature_map(x).shape == (2, 128, 2, 2, 2)
+    assert model.feature_map(torch.randn(2, 3, 4, 32, 32)).shape == (2, 128, 1, 2, 2)  # a short clip ends at 1
     aux = build_model("naive_t", NUM_CLASSES, width=0.25)
     assert [m.out_channels for m in aux.modules() if isinstance(m, torch.nn.Conv3d)] == [4, 8, 16, 32]
 
