@@ -229,11 +229,10 @@ class _FramePool(nn.MaxPool3d):
     pools) ends at one frame instead of raising; at the frame counts the presets use it is a plain MaxPool3d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = tuple(self.kernel_size) if isinstance(self.kernel_size, tuple) else (self.kernel_size,) * 3
-        if x.shape[2] >= k[0]:
+        kt, kh, kw = self.kernel_size  # Plain3D always passes (t, 2, 2)
+        if x.shape[2] >= kt:
             return super().forward(x)
-        short = (x.shape[2], *k[1:])
-        return nn.functional.max_pool3d(x, short, short)
+        return nn.functional.max_pool3d(x, (x.shape[2], kh, kw))
 
 
 class Plain3D(nn.Module):
